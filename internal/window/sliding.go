@@ -1,0 +1,307 @@
+package window
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// Decision is the outcome of one call against a Sliding window. Going over
+// the limit is a normal result (Allowed false), not an error.
+type Decision struct {
+	// Allowed reports whether the hits fit in the window.
+	Allowed bool
+	// Limit is the Rate's limit.
+	Limit int64
+	// Remaining is what is left of the limit after this call (never below 0).
+	Remaining int64
+	// RetryAfter is zero when allowed; when denied, the earliest wait after
+	// which the same call is allowed if nothing else happens. When the hits
+	// exceed the limit itself no wait helps, and RetryAfter is the window.
+	RetryAfter time.Duration
+	// ResetAfter is the wait until no counted hit is left in the window.
+	ResetAfter time.Duration
+}
+
+// Sliding counts the hits of one key in steps of a Rate. The zero value is an
+// empty window, ready to use. A Sliding is not safe for concurrent use.
+type Sliding struct {
+	last   int64    // newest time seen, Unix nanoseconds
+	step   int64    // the step counts were made with, ns; 0 before first use
+	total  int64    // sum of counts
+	counts []uint32 // ring of buckets+1 steps; step b lives at b mod len
+}
+
+// Peek returns the decision for hits at now without changing anything.
+// hits must not be negative; zero asks about the current state.
+func (s *Sliding) Peek(r *Rate, now time.Time, hits int64) Decision {
+	v := s.view(r, now)
+	return v.decide(r, hits)
+}
+
+// Allow decides hits at now and counts them when they fit.
+func (s *Sliding) Allow(r *Rate, now time.Time, hits int64) Decision {
+	d := s.Peek(r, now, hits)
+	if d.Allowed && hits > 0 {
+		s.Add(r, now, hits)
+	}
+	return d
+}
+
+// Add counts hits at now unconditionally; callers use it to commit a decision
+// made by Peek together with other checks.
+func (s *Sliding) Add(r *Rate, now time.Time, hits int64) {
+	s.advance(r, now)
+	if hits <= 0 {
+		return
+	}
+	i := floorDiv(s.last, s.step) % int64(len(s.counts))
+	c := int64(s.counts[i]) + hits
+	if c > MaxLimit {
+		c = MaxLimit
+	}
+	s.total += c - int64(s.counts[i])
+	s.counts[i] = uint32(c)
+}
+
+// Count returns the hits counted in the window at now.
+func (s *Sliding) Count(r *Rate, now time.Time) int64 {
+	v := s.view(r, now)
+	return v.count
+}
+
+// Empty reports whether no hit is remembered at now, so the key's state can be
+// forgotten.
+func (s *Sliding) Empty(r *Rate, now time.Time) bool { return s.Count(r, now) == 0 }
+
+// view is a read-only look at a Sliding at one instant.
+type view struct {
+	s     *Sliding
+	now   int64 // effective now (never before s.last)
+	cur   int64 // step index of now
+	count int64 // hits within the window at now
+}
+
+func (s *Sliding) view(r *Rate, now time.Time) view {
+	if s.step != 0 && s.step != r.step || s.counts != nil && len(s.counts) != r.buckets+1 {
+		s.rebase(r)
+	}
+	ns := now.UnixNano()
+	if ns < s.last {
+		ns = s.last
+	}
+	v := view{s: s, now: ns, cur: floorDiv(ns, r.step)}
+	if s.counts == nil || s.total == 0 {
+		return v
+	}
+	head := floorDiv(s.last, r.step)
+	n := int64(len(s.counts))
+	if v.cur-head >= n {
+		return v
+	}
+	v.count = s.total
+	for b := head - n + 1; b <= v.cur-n; b++ { // steps that have left the window
+		v.count -= int64(s.counts[mod(b, n)])
+	}
+	return v
+}
+
+// at returns the count of step b, which must be within the window of v.
+func (v *view) at(b int64) int64 {
+	s := v.s
+	if s.counts == nil || b > floorDiv(s.last, s.step) {
+		return 0
+	}
+	return int64(s.counts[mod(b, int64(len(s.counts)))])
+}
+
+func (v *view) decide(r *Rate, hits int64) Decision {
+	n := int64(r.buckets)
+	d := Decision{Limit: r.limit}
+	if hits <= r.limit-v.count {
+		d.Allowed = true
+		d.Remaining = r.limit - v.count - hits
+		newest := int64(-1) << 62
+		if hits > 0 {
+			newest = v.cur
+		} else {
+			newest = v.newest(n)
+		}
+		if newest > -1<<62 {
+			d.ResetAfter = time.Duration((newest+n+1)*r.step - v.now)
+		}
+		return d
+	}
+	d.Remaining = max(r.limit-v.count, 0)
+	if nb := v.newest(n); nb > -1<<62 {
+		d.ResetAfter = time.Duration((nb+n+1)*r.step - v.now)
+	}
+	if hits > r.limit {
+		d.RetryAfter = r.window
+		return d
+	}
+	need := v.count + hits - r.limit
+	var freed int64
+	for b := v.cur - n; b <= v.cur; b++ {
+		freed += v.at(b)
+		if freed >= need {
+			d.RetryAfter = time.Duration((b+n+1)*r.step - v.now)
+			break
+		}
+	}
+	return d
+}
+
+// newest returns the newest step in the window with hits, or -1<<62.
+func (v *view) newest(n int64) int64 {
+	if v.count == 0 {
+		return -1 << 62
+	}
+	for b := v.cur; b >= v.cur-n; b-- {
+		if v.at(b) > 0 {
+			return b
+		}
+	}
+	return -1 << 62
+}
+
+// advance moves the ring to now, dropping steps that left the window.
+func (s *Sliding) advance(r *Rate, now time.Time) {
+	if s.step != 0 && s.step != r.step || s.counts != nil && len(s.counts) != r.buckets+1 {
+		s.rebase(r)
+	}
+	ns := now.UnixNano()
+	if s.counts == nil {
+		s.counts = make([]uint32, r.buckets+1)
+		s.step = r.step
+		s.last = ns
+		return
+	}
+	if ns <= s.last {
+		return
+	}
+	head, cur := floorDiv(s.last, r.step), floorDiv(ns, r.step)
+	n := int64(len(s.counts))
+	if cur-head >= n {
+		clear(s.counts)
+		s.total = 0
+	} else {
+		for b := head + 1; b <= cur; b++ {
+			i := mod(b, n)
+			s.total -= int64(s.counts[i])
+			s.counts[i] = 0
+		}
+	}
+	s.last = ns
+}
+
+// rebase moves counts made with another step or bucket count onto r,
+// conservatively: every remembered hit is placed in the step of r that holds
+// the end of the newest old step with hits, so no hit is forgotten early.
+func (s *Sliding) rebase(r *Rate) {
+	if s.total == 0 || s.counts == nil {
+		s.counts, s.step, s.total = nil, 0, 0
+		return
+	}
+	oldN := int64(len(s.counts))
+	head := floorDiv(s.last, s.step)
+	newestEnd := s.last
+	for b := head; b > head-oldN; b-- {
+		if s.counts[mod(b, oldN)] > 0 {
+			newestEnd = min((b+1)*s.step-1, s.last)
+			break
+		}
+	}
+	total := s.total
+	s.counts = make([]uint32, r.buckets+1)
+	s.step = r.step
+	s.last = newestEnd
+	s.counts[mod(floorDiv(newestEnd, r.step), int64(len(s.counts)))] = uint32(min(total, MaxLimit))
+	s.total = min(total, MaxLimit)
+}
+
+// encoding version of Sliding.MarshalBinary.
+const slidingVersion = 1
+
+// AppendBinary appends the encoding of s to b.
+func (s *Sliding) AppendBinary(b []byte) ([]byte, error) {
+	b = append(b, slidingVersion)
+	b = binary.AppendVarint(b, s.last)
+	b = binary.AppendUvarint(b, uint64(s.step))
+	b = binary.AppendUvarint(b, uint64(len(s.counts)))
+	if len(s.counts) == 0 {
+		return b, nil
+	}
+	// Oldest step first, so the encoding does not depend on ring rotation.
+	n := int64(len(s.counts))
+	head := floorDiv(s.last, s.step)
+	for b0 := head - n + 1; b0 <= head; b0++ {
+		b = binary.AppendUvarint(b, uint64(s.counts[mod(b0, n)]))
+	}
+	return b, nil
+}
+
+// MarshalBinary encodes s; UnmarshalBinary restores it.
+func (s *Sliding) MarshalBinary() ([]byte, error) { return s.AppendBinary(nil) }
+
+// UnmarshalBinary restores s from MarshalBinary's output. It rejects input
+// that is not such output with ErrCorrupt and leaves s unchanged then.
+func (s *Sliding) UnmarshalBinary(data []byte) error {
+	_, err := s.decode(data)
+	return err
+}
+
+// decode is UnmarshalBinary that reports how many bytes it read.
+func (s *Sliding) decode(data []byte) (int, error) {
+	if len(data) < 1 || data[0] != slidingVersion {
+		return 0, fmt.Errorf("%w: sliding: bad version", ErrCorrupt)
+	}
+	p := 1
+	last, k := binary.Varint(data[p:])
+	if k <= 0 {
+		return 0, fmt.Errorf("%w: sliding: bad time", ErrCorrupt)
+	}
+	p += k
+	step, k := binary.Uvarint(data[p:])
+	if k <= 0 || step > uint64(MaxWindow) {
+		return 0, fmt.Errorf("%w: sliding: bad step", ErrCorrupt)
+	}
+	p += k
+	n, k := binary.Uvarint(data[p:])
+	if k <= 0 || n > MaxBuckets+1 || n == 1 || (n == 0) != (step == 0) {
+		return 0, fmt.Errorf("%w: sliding: bad bucket count", ErrCorrupt)
+	}
+	p += k
+	out := Sliding{last: last, step: int64(step)}
+	if n > 0 {
+		out.counts = make([]uint32, n)
+		head := floorDiv(last, int64(step))
+		for b := head - int64(n) + 1; b <= head; b++ {
+			c, k := binary.Uvarint(data[p:])
+			if k <= 0 || c > MaxLimit {
+				return 0, fmt.Errorf("%w: sliding: bad count", ErrCorrupt)
+			}
+			p += k
+			out.counts[mod(b, int64(n))] = uint32(c)
+			out.total += int64(c)
+		}
+	}
+	*s = out
+	return p, nil
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+func mod(a, n int64) int64 {
+	m := a % n
+	if m < 0 {
+		m += n
+	}
+	return m
+}
