@@ -26,17 +26,17 @@ const (
 type AllowRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// key is what is limited: 1..512 bytes of valid UTF-8.
-	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Key string `protobuf:"bytes,1,opt,name=key" json:"key,omitempty"`
 	// policy names the policy; empty means "default".
-	Policy string `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy string `protobuf:"bytes,2,opt,name=policy" json:"policy,omitempty"`
 	// hits is how many requests this call counts; 0 means 1.
-	Hits int64 `protobuf:"varint,3,opt,name=hits,proto3" json:"hits,omitempty"`
+	Hits int64 `protobuf:"varint,3,opt,name=hits" json:"hits,omitempty"`
 	// dry_run answers as if counted but changes nothing and takes no lease.
-	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun" json:"dry_run,omitempty"`
 	// request_id is echoed in the error body; the service makes one when empty.
-	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId" json:"request_id,omitempty"`
 	// path is the gateway's request path, echoed in the error body.
-	Path          string `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
+	Path          string `protobuf:"bytes,6,opt,name=path" json:"path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -116,24 +116,24 @@ func (x *AllowRequest) GetPath() string {
 // AllowResponse is the decision and the numbers behind it.
 type AllowResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
-	Allowed bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Allowed bool                   `protobuf:"varint,1,opt,name=allowed" json:"allowed,omitempty"`
 	// code is 0 when allowed, 122 for request rate limit exceeded,
 	// 123 for concurrent requests limit exceeded.
-	Code          int32                `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
-	Policy        string               `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
-	Limit         int64                `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
-	Remaining     int64                `protobuf:"varint,5,opt,name=remaining,proto3" json:"remaining,omitempty"`
-	RetryAfter    *durationpb.Duration `protobuf:"bytes,6,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
-	ResetAfter    *durationpb.Duration `protobuf:"bytes,7,opt,name=reset_after,json=resetAfter,proto3" json:"reset_after,omitempty"`
-	LeaseId       string               `protobuf:"bytes,8,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
-	MaxConcurrent int64                `protobuf:"varint,9,opt,name=max_concurrent,json=maxConcurrent,proto3" json:"max_concurrent,omitempty"`
-	InFlight      int64                `protobuf:"varint,10,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	Code          int32                `protobuf:"varint,2,opt,name=code" json:"code,omitempty"`
+	Policy        string               `protobuf:"bytes,3,opt,name=policy" json:"policy,omitempty"`
+	Limit         int64                `protobuf:"varint,4,opt,name=limit" json:"limit,omitempty"`
+	Remaining     int64                `protobuf:"varint,5,opt,name=remaining" json:"remaining,omitempty"`
+	RetryAfter    *durationpb.Duration `protobuf:"bytes,6,opt,name=retry_after,json=retryAfter" json:"retry_after,omitempty"`
+	ResetAfter    *durationpb.Duration `protobuf:"bytes,7,opt,name=reset_after,json=resetAfter" json:"reset_after,omitempty"`
+	LeaseId       string               `protobuf:"bytes,8,opt,name=lease_id,json=leaseId" json:"lease_id,omitempty"`
+	MaxConcurrent int64                `protobuf:"varint,9,opt,name=max_concurrent,json=maxConcurrent" json:"max_concurrent,omitempty"`
+	InFlight      int64                `protobuf:"varint,10,opt,name=in_flight,json=inFlight" json:"in_flight,omitempty"`
 	// error is set exactly when allowed is false.
-	Error *Error `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	Error *Error `protobuf:"bytes,11,opt,name=error" json:"error,omitempty"`
 	// headers are HTTP headers for the gateway to add to its response.
-	Headers map[string]string `protobuf:"bytes,12,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Headers map[string]string `protobuf:"bytes,12,rep,name=headers" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// degraded is true when the decision was made without the key's owner.
-	Degraded      bool `protobuf:"varint,13,opt,name=degraded,proto3" json:"degraded,omitempty"`
+	Degraded      bool `protobuf:"varint,13,opt,name=degraded" json:"degraded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -262,16 +262,16 @@ func (x *AllowResponse) GetDegraded() bool {
 // Error is the 429 error a gateway returns, modelled on the seed error body.
 type Error struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
-	Code       int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
-	Error      string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
-	Message    string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
-	HttpStatus int32                  `protobuf:"varint,4,opt,name=http_status,json=httpStatus,proto3" json:"http_status,omitempty"`
-	HttpReason string                 `protobuf:"bytes,5,opt,name=http_reason,json=httpReason,proto3" json:"http_reason,omitempty"`
-	Path       string                 `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
-	Timestamp  string                 `protobuf:"bytes,7,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
-	RequestId  string                 `protobuf:"bytes,8,opt,name=request_id,json=request-id,proto3" json:"request_id,omitempty"`
+	Code       int32                  `protobuf:"varint,1,opt,name=code" json:"code,omitempty"`
+	Error      string                 `protobuf:"bytes,2,opt,name=error" json:"error,omitempty"`
+	Message    string                 `protobuf:"bytes,3,opt,name=message" json:"message,omitempty"`
+	HttpStatus int32                  `protobuf:"varint,4,opt,name=http_status,json=httpStatus" json:"http_status,omitempty"`
+	HttpReason string                 `protobuf:"bytes,5,opt,name=http_reason,json=httpReason" json:"http_reason,omitempty"`
+	Path       string                 `protobuf:"bytes,6,opt,name=path" json:"path,omitempty"`
+	Timestamp  string                 `protobuf:"bytes,7,opt,name=timestamp" json:"timestamp,omitempty"`
+	RequestId  string                 `protobuf:"bytes,8,opt,name=request_id,json=request-id" json:"request_id,omitempty"`
 	// body is the exact JSON body to return with the 429.
-	Body          string `protobuf:"bytes,9,opt,name=body,proto3" json:"body,omitempty"`
+	Body          string `protobuf:"bytes,9,opt,name=body" json:"body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -372,7 +372,7 @@ func (x *Error) GetBody() string {
 // ReleaseRequest ends a lease.
 type ReleaseRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	LeaseId       string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	LeaseId       string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId" json:"lease_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -417,7 +417,7 @@ func (x *ReleaseRequest) GetLeaseId() string {
 // ReleaseResponse reports the leases still held for the key.
 type ReleaseResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	InFlight      int64                  `protobuf:"varint,1,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	InFlight      int64                  `protobuf:"varint,1,opt,name=in_flight,json=inFlight" json:"in_flight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -464,15 +464,15 @@ var File_limiter_v1_limiter_proto protoreflect.FileDescriptor
 const file_limiter_v1_limiter_proto_rawDesc = "" +
 	"\n" +
 	"\x18limiter/v1/limiter.proto\x12\n" +
-	"limiter.v1\x1a\x1egoogle/protobuf/duration.proto\"\x98\x01\n" +
-	"\fAllowRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
-	"\x06policy\x18\x02 \x01(\tR\x06policy\x12\x12\n" +
+	"limiter.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb4\x01\n" +
+	"\fAllowRequest\x12\x17\n" +
+	"\x03key\x18\x01 \x01(\tB\x05\xaa\x01\x02 \x03R\x03key\x12\x1d\n" +
+	"\x06policy\x18\x02 \x01(\tB\x05\xaa\x01\x02 \x03R\x06policy\x12\x12\n" +
 	"\x04hits\x18\x03 \x01(\x03R\x04hits\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12\x1d\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12$\n" +
 	"\n" +
-	"request_id\x18\x05 \x01(\tR\trequestId\x12\x12\n" +
-	"\x04path\x18\x06 \x01(\tR\x04path\"\xa3\x04\n" +
+	"request_id\x18\x05 \x01(\tB\x05\xaa\x01\x02 \x03R\trequestId\x12\x19\n" +
+	"\x04path\x18\x06 \x01(\tB\x05\xaa\x01\x02 \x03R\x04path\"\xa3\x04\n" +
 	"\rAllowResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x16\n" +
@@ -492,7 +492,7 @@ const file_limiter_v1_limiter_proto_rawDesc = "" +
 	"\bdegraded\x18\r \x01(\bR\bdegraded\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfa\x01\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x18\n" +
@@ -500,20 +500,20 @@ const file_limiter_v1_limiter_proto_rawDesc = "" +
 	"\vhttp_status\x18\x04 \x01(\x05R\n" +
 	"httpStatus\x12\x1f\n" +
 	"\vhttp_reason\x18\x05 \x01(\tR\n" +
-	"httpReason\x12\x12\n" +
-	"\x04path\x18\x06 \x01(\tR\x04path\x12\x1c\n" +
+	"httpReason\x12\x19\n" +
+	"\x04path\x18\x06 \x01(\tB\x05\xaa\x01\x02 \x03R\x04path\x12\x1c\n" +
 	"\ttimestamp\x18\a \x01(\tR\ttimestamp\x12\x1e\n" +
 	"\n" +
 	"request_id\x18\b \x01(\tR\n" +
 	"request-id\x12\x12\n" +
-	"\x04body\x18\t \x01(\tR\x04body\"+\n" +
-	"\x0eReleaseRequest\x12\x19\n" +
-	"\blease_id\x18\x01 \x01(\tR\aleaseId\".\n" +
+	"\x04body\x18\t \x01(\tR\x04body\"2\n" +
+	"\x0eReleaseRequest\x12 \n" +
+	"\blease_id\x18\x01 \x01(\tB\x05\xaa\x01\x02 \x03R\aleaseId\".\n" +
 	"\x0fReleaseResponse\x12\x1b\n" +
 	"\tin_flight\x18\x01 \x01(\x03R\binFlight2\x8b\x01\n" +
 	"\aLimiter\x12<\n" +
 	"\x05Allow\x12\x18.limiter.v1.AllowRequest\x1a\x19.limiter.v1.AllowResponse\x12B\n" +
-	"\aRelease\x12\x1a.limiter.v1.ReleaseRequest\x1a\x1b.limiter.v1.ReleaseResponseB9Z7github.com/limiterd/limiterd/proto/limiter/v1;limiterv1b\x06proto3"
+	"\aRelease\x12\x1a.limiter.v1.ReleaseRequest\x1a\x1b.limiter.v1.ReleaseResponseB>Z7github.com/limiterd/limiterd/proto/limiter/v1;limiterv1\x92\x03\x02\b\x02b\beditionsp\xe8\a"
 
 var (
 	file_limiter_v1_limiter_proto_rawDescOnce sync.Once

@@ -1,0 +1,286 @@
+// Package daemon assembles a limiterd node from a Config: the store, the
+// limiter, the gRPC and HTTP listeners. cmd/limiterd only turns flags into a
+// Config; tests start several daemons in one process.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+
+	"github.com/limiterd/limiterd/internal/limiter"
+	"github.com/limiterd/limiterd/internal/policy"
+	"github.com/limiterd/limiterd/internal/server"
+	"github.com/limiterd/limiterd/internal/store"
+)
+
+// DBFile is the name of the bbolt file inside the data directory.
+const DBFile = "limiterd.db"
+
+// Config is everything a node needs. Zero fields take DefaultConfig's values
+// only where DefaultConfig says so.
+type Config struct {
+	// GRPCAddr is the gRPC listener: host:port, or unix:///path/to.sock.
+	// Default 127.0.0.1:8081; port 0 picks a free port.
+	GRPCAddr string
+	// HTTPAddr serves /metrics, /healthz and /readyz. Default 127.0.0.1:8080;
+	// empty disables it.
+	HTTPAddr string
+	// DataDir holds the bbolt file. Default ./data.
+	DataDir string
+	// Policies are the policies at start; "default" is added when missing.
+	Policies []policy.Policy
+	// SyncAlways answers a call only after its hits are durable.
+	SyncAlways bool
+	// FlushInterval is the write-behind interval. Default 100ms.
+	FlushInterval time.Duration
+	// DrainTimeout bounds the wait for in-flight calls at Close. Default 10s.
+	DrainTimeout time.Duration
+	// Now reports the time. Default time.Now.
+	Now func() time.Time
+	// Logger is the structured log. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the embedded defaults of `go run ./cmd/limiterd`.
+func DefaultConfig() Config {
+	return Config{
+		GRPCAddr:      "127.0.0.1:8081",
+		HTTPAddr:      "127.0.0.1:8080",
+		DataDir:       "./data",
+		Policies:      []policy.Policy{policy.Default()},
+		FlushInterval: 100 * time.Millisecond,
+		DrainTimeout:  10 * time.Second,
+		Now:           time.Now,
+		Logger:        slog.Default(),
+	}
+}
+
+// Main is one running node. Run starts it, Close stops it gracefully.
+type Main struct {
+	cfg Config
+
+	db      *store.DB
+	lim     *limiter.Limiter
+	svc     *server.Service
+	grpc    *grpc.Server
+	grpcLn  net.Listener
+	httpLn  net.Listener
+	http    *http.Server
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closeMu sync.Mutex
+	closed  bool
+}
+
+// New returns a Main for cfg; nothing is opened until Run.
+func New(cfg Config) *Main { return &Main{cfg: cfg} }
+
+// Run opens the store, loads state, binds the listeners and starts serving
+// in the background. It returns once the node answers calls, or with the
+// first error (a corrupt store file, a port in use, ...), having released
+// whatever it had opened.
+func (m *Main) Run(ctx context.Context) (err error) {
+	cfg := m.cfg
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	scfg := store.DefaultConfig()
+	scfg.Path = filepath.Join(cfg.DataDir, DBFile)
+	if m.db, err = store.Open(scfg); err != nil {
+		return err
+	}
+	lcfg := limiter.DefaultConfig()
+	lcfg.Policies = cfg.Policies
+	lcfg.Store = m.db
+	lcfg.SyncAlways = cfg.SyncAlways
+	lcfg.FlushInterval = cfg.FlushInterval
+	lcfg.Now = cfg.Now
+	lcfg.Logger = cfg.Logger
+	if m.lim, err = limiter.New(lcfg); err != nil {
+		return err
+	}
+	scv := server.DefaultConfig()
+	scv.Decider = m.lim
+	scv.Now = cfg.Now
+	scv.Logger = cfg.Logger
+	if m.svc, err = server.New(scv); err != nil {
+		return err
+	}
+	m.grpc = m.svc.NewGRPCServer()
+	if m.grpcLn, err = listen(cfg.GRPCAddr); err != nil {
+		return fmt.Errorf("grpc listener: %w", err)
+	}
+	if cfg.HTTPAddr != "" {
+		if m.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("http listener: %w", err)
+		}
+		m.http = &http.Server{Handler: m.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
+	}
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel = cancel
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.lim.Run(runCtx) }()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		if err := m.grpc.Serve(m.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			cfg.Logger.Error("grpc serve", "err", err)
+		}
+	}()
+	if m.http != nil {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			if err := m.http.Serve(m.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				cfg.Logger.Error("http serve", "err", err)
+			}
+		}()
+	}
+	cfg.Logger.Info("limiterd serving", "grpc", m.GRPCAddr(), "http", m.HTTPAddr(), "data", scfg.Path,
+		"policies", len(m.lim.Policies()), "sync_always", cfg.SyncAlways)
+	return nil
+}
+
+// GRPCAddr returns the bound gRPC address ("unix:///path" for a socket).
+func (m *Main) GRPCAddr() string {
+	if m.grpcLn == nil {
+		return ""
+	}
+	if m.grpcLn.Addr().Network() == "unix" {
+		return "unix://" + m.grpcLn.Addr().String()
+	}
+	return m.grpcLn.Addr().String()
+}
+
+// HTTPAddr returns the bound HTTP address, or "" when disabled.
+func (m *Main) HTTPAddr() string {
+	if m.httpLn == nil {
+		return ""
+	}
+	return m.httpLn.Addr().String()
+}
+
+// Limiter returns the node's limiter (for tests and embedding).
+func (m *Main) Limiter() *limiter.Limiter { return m.lim }
+
+// Close stops the node gracefully: health goes NOT_SERVING, new calls are
+// refused, in-flight calls finish (up to DrainTimeout), state is flushed and
+// the store closed. Safe to call more than once.
+func (m *Main) Close() error {
+	m.closeMu.Lock()
+	defer m.closeMu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	if m.svc != nil {
+		m.svc.Drain()
+	}
+	if m.grpc != nil {
+		stopped := make(chan struct{})
+		go func() { m.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(m.cfg.DrainTimeout):
+			m.grpc.Stop()
+			<-stopped
+		}
+	} else if m.grpcLn != nil {
+		m.grpcLn.Close()
+	}
+	if m.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = m.http.Shutdown(ctx)
+		cancel()
+	} else if m.httpLn != nil {
+		m.httpLn.Close()
+	}
+	if m.cancel != nil {
+		m.cancel()
+	}
+	var errs []error
+	if m.lim != nil {
+		errs = append(errs, m.lim.Close())
+	}
+	m.wg.Wait()
+	if m.db != nil {
+		errs = append(errs, m.db.Close())
+	}
+	if strings.HasPrefix(m.cfg.GRPCAddr, "unix://") {
+		_ = os.Remove(strings.TrimPrefix(m.cfg.GRPCAddr, "unix://"))
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Main) httpHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "limiterd_keys_in_memory", Help: "Keys whose state is held in memory.",
+	}, func() float64 { return float64(m.lim.Keys()) }))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if m.svc.Draining() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// listen binds addr: host:port over TCP, or unix:///path for a socket
+// (a stale socket file is removed first, the new one gets mode 0660).
+func listen(addr string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix://")
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	if path == "" {
+		return nil, fmt.Errorf("unix socket address %q has no path", addr)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another process is listening", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}

@@ -1,0 +1,412 @@
+// Package limiter is the core of limiterd on one node: it keeps the sliding
+// windows and leases of every key in sharded memory, decides Allow and
+// Release calls, and writes changed state behind to a store.
+//
+// The hot path takes one shard lock per call and allocates nothing for an
+// existing key of a policy without a concurrency cap. Changed keys are queued
+// on their shard and written to bbolt in one transaction per flush interval;
+// with Config.SyncAlways a call returns only after its state is durable
+// (bbolt's group commit). Keys whose windows are empty and hold no lease are
+// swept from memory and from the store.
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/limiterd/limiterd/internal/policy"
+	"github.com/limiterd/limiterd/internal/store"
+	"github.com/limiterd/limiterd/internal/window"
+)
+
+// MaxKeyLen is the longest key, in bytes.
+const MaxKeyLen = 512
+
+// Codes of a denied Result, as in the 429 error body.
+const (
+	CodeRateLimited = 122 // request rate limit exceeded
+	CodeConcurrency = 123 // concurrent requests limit exceeded
+)
+
+// Config tunes a Limiter.
+type Config struct {
+	// Policies are the policies at start. "default" (600 per 5m) is added
+	// when missing.
+	Policies []policy.Policy
+	// Store persists state; nil keeps everything in memory only.
+	Store *store.DB
+	// FlushInterval is how often changed state is written to Store in one
+	// transaction. Default 100ms. Hits of at most one interval are lost when
+	// the process is killed.
+	FlushInterval time.Duration
+	// SyncAlways answers a call only after its state is durable, by group
+	// commit. Default false (write-behind).
+	SyncAlways bool
+	// SweepInterval is how often keys with empty windows are forgotten.
+	// Default 10s.
+	SweepInterval time.Duration
+	// Shards splits each policy's keys over this many locks. Default 256;
+	// rounded up to a power of two.
+	Shards int
+	// Now reports the current time. Default time.Now.
+	Now func() time.Time
+	// Logger receives flush errors and start-up notes. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a Config with every field set.
+func DefaultConfig() Config {
+	return Config{
+		Policies:      []policy.Policy{policy.Default()},
+		FlushInterval: 100 * time.Millisecond,
+		SweepInterval: 10 * time.Second,
+		Shards:        256,
+		Now:           time.Now,
+		Logger:        slog.Default(),
+	}
+}
+
+// Validate reports a field that cannot work.
+func (c Config) Validate() error {
+	switch {
+	case c.FlushInterval <= 0:
+		return fmt.Errorf("limiter: flush interval %v must be positive", c.FlushInterval)
+	case c.SweepInterval <= 0:
+		return fmt.Errorf("limiter: sweep interval %v must be positive", c.SweepInterval)
+	case c.Shards < 1 || c.Shards > 1<<16:
+		return fmt.Errorf("limiter: shards %d out of range 1..65536", c.Shards)
+	case c.Now == nil:
+		return errors.New("limiter: Now is nil")
+	case c.Logger == nil:
+		return errors.New("limiter: Logger is nil")
+	}
+	for _, p := range c.Policies {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Request is one Allow call.
+type Request struct {
+	Policy string // empty means "default"
+	Key    string
+	Hits   int64 // 0 means 1
+	DryRun bool
+}
+
+// Result is a decision and the numbers behind it.
+type Result struct {
+	Allowed bool
+	// Code is 0 when allowed, else CodeRateLimited or CodeConcurrency.
+	Code   int32
+	Policy policy.Policy
+	// Limit and Remaining are the window's limit and what is left after the
+	// call.
+	Limit, Remaining int64
+	// RetryAfter is zero when allowed; when denied, the earliest wait after
+	// which the same call can be allowed if nothing else happens.
+	RetryAfter time.Duration
+	// ResetAfter is the wait until the window holds no counted hit.
+	ResetAfter time.Duration
+	// LeaseID is set when the policy caps concurrency and the call took a
+	// lease; the caller must Release it.
+	LeaseID       string
+	MaxConcurrent int64
+	InFlight      int64
+	// ShadowCode is the code a shadow policy would have denied with; the
+	// Result itself is then allowed.
+	ShadowCode int32
+	// Degraded is set by a cluster when the decision was made without the
+	// key's owner.
+	Degraded bool
+}
+
+// Limiter decides calls for every key of every policy. It is safe for
+// concurrent use.
+type Limiter struct {
+	cfg    Config
+	seed   maphash.Seed
+	tables atomic.Pointer[map[string]*table]
+	polMu  sync.Mutex // serializes policy changes
+
+	flushMu sync.Mutex // one flush at a time; guards pending
+	pending []store.Op // ops of a failed flush, retried first
+
+	stop    chan struct{}
+	done    chan struct{}
+	running atomic.Bool
+	closed  atomic.Bool
+}
+
+// table holds the keys of one policy.
+type table struct {
+	name   string
+	cfg    atomic.Pointer[compiled]
+	shards []shard
+	mask   uint64
+}
+
+type compiled struct {
+	p    policy.Policy
+	rate window.Rate
+}
+
+type shard struct {
+	mu      sync.Mutex
+	m       map[string]*entry
+	dirty   []*entry // changed since the last flush
+	deleted []string // swept since the last flush
+	_       [64]byte // keep neighbouring locks off one cache line
+}
+
+type entry struct {
+	key   string
+	st    window.State
+	dirty bool // queued on the shard's dirty list
+	gone  bool // swept; skip when flushing
+}
+
+// New returns a Limiter with cfg's policies and, when cfg.Store is set, the
+// state saved in it. Call Run to flush and sweep in the background and Close
+// to write the last changes.
+func New(cfg Config) (*Limiter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n := 1
+	for n < cfg.Shards {
+		n <<= 1
+	}
+	cfg.Shards = n
+	l := &Limiter{cfg: cfg, seed: maphash.MakeSeed(), stop: make(chan struct{}), done: make(chan struct{})}
+	tables := map[string]*table{}
+	ps := cfg.Policies
+	if !slices.ContainsFunc(ps, func(p policy.Policy) bool { return p.Name == policy.DefaultName }) {
+		ps = append([]policy.Policy{policy.Default()}, ps...)
+	}
+	for _, p := range ps {
+		t, err := l.newTable(p)
+		if err != nil {
+			return nil, err
+		}
+		if tables[p.Name] != nil {
+			return nil, fmt.Errorf("%w: %q", ErrPolicyExists, p.Name)
+		}
+		tables[p.Name] = t
+	}
+	l.tables.Store(&tables)
+	if cfg.Store != nil {
+		if err := l.load(); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+func (l *Limiter) newTable(p policy.Policy) (*table, error) {
+	p = p.WithDefaults()
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	r, err := p.Rate()
+	if err != nil {
+		return nil, err
+	}
+	t := &table{name: p.Name, shards: make([]shard, l.cfg.Shards), mask: uint64(l.cfg.Shards - 1)}
+	for i := range t.shards {
+		t.shards[i].m = map[string]*entry{}
+	}
+	t.cfg.Store(&compiled{p: p, rate: r})
+	return t, nil
+}
+
+func (l *Limiter) table(name string) *table {
+	if name == "" {
+		name = policy.DefaultName
+	}
+	return (*l.tables.Load())[name]
+}
+
+func (t *table) shard(seed maphash.Seed, key string) *shard {
+	return &t.shards[maphash.String(seed, key)&t.mask]
+}
+
+// ValidateKey reports whether key may be limited: 1..MaxKeyLen bytes of
+// valid UTF-8.
+func ValidateKey(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty", ErrBadKey)
+	case len(key) > MaxKeyLen:
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrBadKey, len(key), MaxKeyLen)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("%w: not valid UTF-8", ErrBadKey)
+	}
+	return nil
+}
+
+// Allow decides req. Going over a limit is a Result with Allowed false, not
+// an error. Errors: ErrUnknownPolicy, ErrBadKey, ErrBadHits, and store errors
+// in SyncAlways mode.
+func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
+	t := l.table(req.Policy)
+	if t == nil {
+		return Result{}, fmt.Errorf("%w: %q", ErrUnknownPolicy, req.Policy)
+	}
+	if err := ValidateKey(req.Key); err != nil {
+		return Result{}, err
+	}
+	hits := req.Hits
+	switch {
+	case hits < 0:
+		return Result{}, fmt.Errorf("%w: %d", ErrBadHits, hits)
+	case hits == 0:
+		hits = 1
+	}
+	c := t.cfg.Load()
+	now := l.cfg.Now()
+	sh := t.shard(l.seed, req.Key)
+
+	sh.mu.Lock()
+	e := sh.m[req.Key]
+	var scratch window.State
+	st := &scratch
+	if e != nil {
+		st = &e.st
+	} else if !req.DryRun {
+		e = &entry{key: req.Key}
+		sh.m[req.Key] = e
+		st = &e.st
+	}
+	d := st.Window.Peek(&c.rate, now, hits)
+	res := Result{
+		Allowed: d.Allowed, Policy: c.p, Limit: d.Limit, Remaining: d.Remaining,
+		RetryAfter: d.RetryAfter, ResetAfter: d.ResetAfter, MaxConcurrent: c.p.MaxConcurrent,
+	}
+	capped := c.p.MaxConcurrent > 0
+	if capped {
+		res.InFlight = st.Leases.InFlight(now)
+	}
+	switch {
+	case !d.Allowed:
+		res.Code = CodeRateLimited
+	case capped && res.InFlight >= c.p.MaxConcurrent:
+		// Denied by the cap: nothing is counted, so report the window as it is.
+		d0 := st.Window.Peek(&c.rate, now, 0)
+		res.Allowed, res.Code = false, CodeConcurrency
+		res.Remaining, res.ResetAfter = d0.Remaining, d0.ResetAfter
+		res.RetryAfter = max(time.Duration(st.Leases.Next()-now.UnixNano()), time.Nanosecond)
+	case !req.DryRun:
+		st.Window.Add(&c.rate, now, hits)
+		if capped {
+			st.Leases.Expire(now)
+			id := LeaseID{Policy: t.name, Key: req.Key, Nonce: rand.Uint64()}
+			st.Leases.Acquire(id.Nonce, now, c.p.LeaseTTL)
+			res.InFlight++
+			res.LeaseID = id.String()
+		}
+	}
+	changed := res.Allowed && !req.DryRun
+	var snapshot []byte
+	if changed {
+		if l.cfg.SyncAlways && l.cfg.Store != nil {
+			snapshot, _ = st.AppendBinary(nil)
+		} else {
+			sh.markDirty(e)
+		}
+	}
+	sh.mu.Unlock()
+
+	if c.p.Shadow && !res.Allowed {
+		res.ShadowCode, res.Code, res.Allowed = res.Code, 0, true
+		res.RetryAfter = 0
+	}
+	if snapshot != nil {
+		op := store.Op{Key: storeKey(t.name, req.Key), Value: snapshot}
+		if err := l.cfg.Store.WriteSync(ctx, store.KindState, []store.Op{op}); err != nil {
+			return Result{}, fmt.Errorf("persist %q: %w", req.Key, err)
+		}
+	}
+	return res, nil
+}
+
+// Release ends the lease with id and returns the leases still held for its
+// key. Errors: ErrBadLeaseID, ErrLeaseNotFound (unknown, expired or already
+// released).
+func (l *Limiter) Release(ctx context.Context, id string) (inFlight int64, err error) {
+	lid, err := DecodeLeaseID(id)
+	if err != nil {
+		return 0, err
+	}
+	return l.ReleaseID(ctx, lid)
+}
+
+// ReleaseID is Release with a decoded id.
+func (l *Limiter) ReleaseID(ctx context.Context, lid LeaseID) (inFlight int64, err error) {
+	t := l.table(lid.Policy)
+	if t == nil {
+		return 0, fmt.Errorf("%w: policy %q is gone", ErrLeaseNotFound, lid.Policy)
+	}
+	now := l.cfg.Now()
+	sh := t.shard(l.seed, lid.Key)
+	sh.mu.Lock()
+	e := sh.m[lid.Key]
+	if e == nil {
+		sh.mu.Unlock()
+		return 0, ErrLeaseNotFound
+	}
+	before := e.st.Leases.Len()
+	ok := e.st.Leases.Release(lid.Nonce, now)
+	inFlight = e.st.Leases.InFlight(now)
+	var snapshot []byte
+	if e.st.Leases.Len() != before {
+		if l.cfg.SyncAlways && l.cfg.Store != nil {
+			snapshot, _ = e.st.AppendBinary(nil)
+		} else {
+			sh.markDirty(e)
+		}
+	}
+	sh.mu.Unlock()
+	if snapshot != nil {
+		op := store.Op{Key: storeKey(t.name, lid.Key), Value: snapshot}
+		if err := l.cfg.Store.WriteSync(ctx, store.KindState, []store.Op{op}); err != nil {
+			return 0, fmt.Errorf("persist %q: %w", lid.Key, err)
+		}
+	}
+	if !ok {
+		return inFlight, ErrLeaseNotFound
+	}
+	return inFlight, nil
+}
+
+func (sh *shard) markDirty(e *entry) {
+	if !e.dirty {
+		e.dirty = true
+		sh.dirty = append(sh.dirty, e)
+	}
+}
+
+// storeKey is the record key of a key's state: policy NUL key.
+func storeKey(policyName, key string) []byte {
+	b := make([]byte, 0, len(policyName)+1+len(key))
+	b = append(b, policyName...)
+	b = append(b, 0)
+	return append(b, key...)
+}
+
+func splitStoreKey(k []byte) (policyName, key string, ok bool) {
+	p, rest, ok := strings.Cut(string(k), "\x00")
+	return p, rest, ok && p != "" && rest != ""
+}

@@ -1,0 +1,182 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/limiterd/limiterd/internal/store"
+	"github.com/limiterd/limiterd/internal/window"
+)
+
+// Run flushes changed state every FlushInterval and sweeps empty keys every
+// SweepInterval until ctx is done or Close is called. It blocks; run it in a
+// goroutine. Flush errors are logged and the ops retried on the next flush.
+func (l *Limiter) Run(ctx context.Context) {
+	if !l.running.CompareAndSwap(false, true) {
+		return
+	}
+	defer close(l.done)
+	flush := time.NewTicker(l.cfg.FlushInterval)
+	defer flush.Stop()
+	sweep := time.NewTicker(l.cfg.SweepInterval)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.stop:
+			return
+		case <-flush.C:
+			if err := l.Flush(ctx); err != nil && ctx.Err() == nil {
+				l.cfg.Logger.Error("flush state", "err", err)
+			}
+		case <-sweep.C:
+			l.Sweep()
+		}
+	}
+}
+
+// Close stops Run and writes every change not yet flushed. It does not close
+// the store. Calls after the first return nil.
+func (l *Limiter) Close() error {
+	if !l.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(l.stop)
+	if l.running.Load() {
+		<-l.done
+	}
+	return l.Flush(context.Background())
+}
+
+// Flush writes every key changed since the last flush, and deletes every key
+// swept since then, in one store transaction. Without a store it only clears
+// the change lists.
+func (l *Limiter) Flush(ctx context.Context) error {
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
+	ops := l.pending
+	l.pending = nil
+	for _, t := range *l.tables.Load() {
+		for i := range t.shards {
+			sh := &t.shards[i]
+			sh.mu.Lock()
+			if len(sh.dirty) == 0 && len(sh.deleted) == 0 {
+				sh.mu.Unlock()
+				continue
+			}
+			for j, e := range sh.dirty {
+				e.dirty = false
+				sh.dirty[j] = nil
+				if e.gone || l.cfg.Store == nil {
+					continue
+				}
+				v, _ := e.st.AppendBinary(nil)
+				ops = append(ops, store.Op{Key: storeKey(t.name, e.key), Value: v})
+			}
+			sh.dirty = sh.dirty[:0]
+			if l.cfg.Store != nil {
+				for _, k := range sh.deleted {
+					ops = append(ops, store.Op{Key: storeKey(t.name, k), Delete: true})
+				}
+			}
+			sh.deleted = nil
+			sh.mu.Unlock()
+		}
+	}
+	if len(ops) == 0 || l.cfg.Store == nil {
+		return nil
+	}
+	if err := l.cfg.Store.Write(ctx, store.KindState, ops); err != nil {
+		l.pending = ops // a later put of the same key comes after these, so it wins
+		return fmt.Errorf("flush %d records: %w", len(ops), err)
+	}
+	return nil
+}
+
+// Sweep forgets every key whose window is empty and which holds no lease, in
+// memory now and in the store at the next flush. It returns how many keys it
+// forgot.
+func (l *Limiter) Sweep() int {
+	now := l.cfg.Now()
+	n := 0
+	for _, t := range *l.tables.Load() {
+		c := t.cfg.Load()
+		for i := range t.shards {
+			sh := &t.shards[i]
+			sh.mu.Lock()
+			for k, e := range sh.m {
+				if e.st.Leases.InFlight(now) == 0 && e.st.Window.Empty(&c.rate, now) {
+					delete(sh.m, k)
+					e.gone = true
+					sh.deleted = append(sh.deleted, k)
+					n++
+				}
+			}
+			sh.mu.Unlock()
+		}
+	}
+	return n
+}
+
+// Keys returns the number of keys held in memory.
+func (l *Limiter) Keys() int {
+	n := 0
+	for _, t := range *l.tables.Load() {
+		for i := range t.shards {
+			sh := &t.shards[i]
+			sh.mu.Lock()
+			n += len(sh.m)
+			sh.mu.Unlock()
+		}
+	}
+	return n
+}
+
+// load reads every saved key into memory. Records of policies that no longer
+// exist and records whose windows have emptied are deleted from the store.
+// A record that does not decode is an error naming the record: the store is
+// left as it is.
+func (l *Limiter) load() error {
+	now := l.cfg.Now()
+	tables := *l.tables.Load()
+	var stale []store.Op
+	loaded, orphans := 0, 0
+	err := l.cfg.Store.ForEach(store.KindState, func(k, v []byte) error {
+		pname, key, ok := splitStoreKey(k)
+		if !ok {
+			return fmt.Errorf("state record %q: %w: bad key", k, store.ErrCorrupt)
+		}
+		var st window.State
+		if err := st.UnmarshalBinary(v); err != nil {
+			return fmt.Errorf("state record %q: %w: %v", k, store.ErrCorrupt, err)
+		}
+		t := tables[pname]
+		if t == nil {
+			orphans++
+			stale = append(stale, store.Op{Key: append([]byte(nil), k...), Delete: true})
+			return nil
+		}
+		c := t.cfg.Load()
+		if st.Leases.InFlight(now) == 0 && st.Window.Empty(&c.rate, now) {
+			stale = append(stale, store.Op{Key: append([]byte(nil), k...), Delete: true})
+			return nil
+		}
+		st.Leases.Expire(now)
+		sh := t.shard(l.seed, key)
+		sh.m[key] = &entry{key: key, st: st}
+		loaded++
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("load state from %s: %w", l.cfg.Store.Path(), err)
+	}
+	if len(stale) > 0 {
+		if err := l.cfg.Store.Write(context.Background(), store.KindState, stale); err != nil {
+			return fmt.Errorf("delete %d stale records from %s: %w", len(stale), l.cfg.Store.Path(), err)
+		}
+	}
+	l.cfg.Logger.Info("state loaded", "file", l.cfg.Store.Path(), "keys", loaded, "expired", len(stale)-orphans, "orphaned", orphans)
+	return nil
+}

@@ -1,0 +1,192 @@
+// Package server is the gRPC edge of limiterd: the limiter.v1 services,
+// request validation, the mapping of errors to status codes, interceptors,
+// health and reflection. Decisions are made by a decider (the limiter on one
+// node, or the cluster router in front of it).
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/limiterd/limiterd/internal/limiter"
+	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
+)
+
+// Decider makes decisions; *limiter.Limiter satisfies it, and so does the
+// cluster router that forwards to a key's owner.
+type Decider interface {
+	Allow(ctx context.Context, req limiter.Request) (limiter.Result, error)
+	Release(ctx context.Context, leaseID string) (inFlight int64, err error)
+}
+
+// Config configures a Service.
+type Config struct {
+	// Decider makes the decisions. Required.
+	Decider Decider
+	// Now reports the time for error-body timestamps. Default time.Now.
+	Now func() time.Time
+	// Logger gets one line per internal error. Default slog.Default().
+	Logger *slog.Logger
+	// MaxRecvMsgSize bounds a request message, bytes. Default 64 KiB.
+	MaxRecvMsgSize int
+	// MaxConcurrentStreams bounds calls in flight per connection. Default 1024.
+	MaxConcurrentStreams uint32
+	// ServerOptions are added to the grpc.Server (TLS credentials, ...).
+	ServerOptions []grpc.ServerOption
+	// UnaryInterceptors run after the built-in recovery interceptor.
+	UnaryInterceptors []grpc.UnaryServerInterceptor
+}
+
+// DefaultConfig returns a Config with every field but Decider set.
+func DefaultConfig() Config {
+	return Config{Now: time.Now, Logger: slog.Default(), MaxRecvMsgSize: 64 << 10, MaxConcurrentStreams: 1024}
+}
+
+// Service implements limiter.v1.Limiter. It is safe for concurrent use.
+type Service struct {
+	limiterv1.UnimplementedLimiterServer
+	cfg      Config
+	health   *health.Server
+	draining atomic.Bool
+}
+
+// New returns a Service. Register it on a grpc.Server with Register, or use
+// NewGRPCServer.
+func New(cfg Config) (*Service, error) {
+	if cfg.Decider == nil {
+		return nil, fmt.Errorf("server: Decider is nil")
+	}
+	if cfg.Now == nil || cfg.Logger == nil {
+		return nil, fmt.Errorf("server: Now and Logger must be set")
+	}
+	s := &Service{cfg: cfg, health: health.NewServer()}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(limiterv1.Limiter_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return s, nil
+}
+
+// NewGRPCServer returns a grpc.Server with the Limiter service, health,
+// reflection, keepalive settings for long-lived gateway connections, a
+// bounded message size and the recovery interceptor.
+func (s *Service) NewGRPCServer() *grpc.Server {
+	ics := append([]grpc.UnaryServerInterceptor{s.recoverUnary}, s.cfg.UnaryInterceptors...)
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    30 * time.Second, // ping an idle gateway connection
+			Timeout: 10 * time.Second,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second, // gateways may ping this often
+			PermitWithoutStream: true,
+		}),
+		grpc.ChainUnaryInterceptor(ics...),
+	}
+	opts = append(opts, s.cfg.ServerOptions...)
+	g := grpc.NewServer(opts...)
+	s.Register(g)
+	healthpb.RegisterHealthServer(g, s.health)
+	reflection.Register(g)
+	return g
+}
+
+// Register adds the Limiter service to g.
+func (s *Service) Register(g *grpc.Server) { limiterv1.RegisterLimiterServer(g, s) }
+
+// Drain marks the service NOT_SERVING in health checks and makes new calls
+// fail with UNAVAILABLE, so clients move to another node.
+func (s *Service) Drain() {
+	s.draining.Store(true)
+	s.health.Shutdown()
+}
+
+// Allow implements limiter.v1.Limiter/Allow.
+func (s *Service) Allow(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+	if s.draining.Load() {
+		return nil, toStatus(errDraining)
+	}
+	res, err := s.cfg.Decider.Allow(ctx, limiter.Request{Policy: req.GetPolicy(), Key: req.GetKey(), Hits: req.GetHits(), DryRun: req.GetDryRun()})
+	if err != nil {
+		return nil, s.fail("Allow", req.GetRequestId(), err)
+	}
+	return s.Response(&res, req.GetPath(), req.GetRequestId()), nil
+}
+
+// Response renders a Result as an AllowResponse.
+func (s *Service) Response(res *limiter.Result, path, requestID string) *limiterv1.AllowResponse {
+	out := &limiterv1.AllowResponse{
+		Allowed:       res.Allowed,
+		Code:          res.Code,
+		Policy:        res.Policy.Name,
+		Limit:         res.Limit,
+		Remaining:     res.Remaining,
+		RetryAfter:    durationpb.New(res.RetryAfter),
+		ResetAfter:    durationpb.New(res.ResetAfter),
+		LeaseId:       res.LeaseID,
+		MaxConcurrent: res.MaxConcurrent,
+		InFlight:      res.InFlight,
+		Headers:       Headers(res),
+		Degraded:      res.Degraded,
+	}
+	if !res.Allowed {
+		out.Error = ErrorFor(res, path, requestID, s.cfg.Now())
+	}
+	return out
+}
+
+// Release implements limiter.v1.Limiter/Release.
+func (s *Service) Release(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {
+	if s.draining.Load() {
+		return nil, toStatus(errDraining)
+	}
+	if req.GetLeaseId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "lease_id is empty")
+	}
+	n, err := s.cfg.Decider.Release(ctx, req.GetLeaseId())
+	if err != nil {
+		return nil, s.fail("Release", "", err)
+	}
+	return &limiterv1.ReleaseResponse{InFlight: n}, nil
+}
+
+// fail maps err to a status and logs what the caller does not see.
+func (s *Service) fail(method, requestID string, err error) error {
+	st := toStatus(err)
+	if isInternal(err) {
+		s.cfg.Logger.Error("call failed", "method", method, "request_id", requestID, "err", err)
+	}
+	return st
+}
+
+// recoverUnary turns a panic into INTERNAL and logs it with its stack; the
+// caller never sees the stack.
+func (s *Service) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			rid := ""
+			if g, ok := req.(interface{ GetRequestId() string }); ok {
+				rid = g.GetRequestId()
+			}
+			s.cfg.Logger.Error("panic in handler", "method", info.FullMethod, "request_id", rid, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "internal error")
+		}
+	}()
+	return handler(ctx, req)
+}
+
+// Draining reports whether Drain was called.
+func (s *Service) Draining() bool { return s.draining.Load() }
