@@ -121,6 +121,9 @@ type yamlPolicy struct {
 
 type yamlFile struct {
 	Policies []yamlPolicy `yaml:"policies"`
+	// Envoy maps Envoy rate limit descriptors to policies; package envoy
+	// reads it from the same file.
+	Envoy yaml.Node `yaml:"envoy"`
 }
 
 // Parse reads policies from YAML (see the contract for the format). Unknown
