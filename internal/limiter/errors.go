@@ -17,6 +17,8 @@ var (
 	ErrLeaseNotFound = errors.New("limiter: lease not found")
 	// ErrPolicyExists: creating a policy whose name exists.
 	ErrPolicyExists = errors.New("limiter: policy exists")
+	// ErrKeyNotFound: the key holds no state under the policy.
+	ErrKeyNotFound = errors.New("limiter: key not found")
 	// ErrClosed: the limiter was closed.
 	ErrClosed = errors.New("limiter: closed")
 )

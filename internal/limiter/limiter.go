@@ -136,10 +136,11 @@ type Result struct {
 // Limiter decides calls for every key of every policy. It is safe for
 // concurrent use.
 type Limiter struct {
-	cfg    Config
-	seed   maphash.Seed
-	tables atomic.Pointer[map[string]*table]
-	polMu  sync.Mutex // serializes policy changes
+	cfg     Config
+	seed    maphash.Seed
+	tables  atomic.Pointer[map[string]*table]
+	polMu   sync.Mutex               // serializes policy changes
+	records map[string]policy.Record // run-time policy changes, by name
 
 	flushMu sync.Mutex // one flush at a time; guards pending
 	pending []store.Op // ops of a failed flush, retried first
@@ -190,7 +191,7 @@ func New(cfg Config) (*Limiter, error) {
 		n <<= 1
 	}
 	cfg.Shards = n
-	l := &Limiter{cfg: cfg, seed: maphash.MakeSeed(), stop: make(chan struct{}), done: make(chan struct{})}
+	l := &Limiter{cfg: cfg, seed: maphash.MakeSeed(), records: map[string]policy.Record{}, stop: make(chan struct{}), done: make(chan struct{})}
 	tables := map[string]*table{}
 	ps := cfg.Policies
 	if !slices.ContainsFunc(ps, func(p policy.Policy) bool { return p.Name == policy.DefaultName }) {
@@ -208,6 +209,9 @@ func New(cfg Config) (*Limiter, error) {
 	}
 	l.tables.Store(&tables)
 	if cfg.Store != nil {
+		if err := l.loadPolicies(); err != nil {
+			return nil, err
+		}
 		if err := l.load(); err != nil {
 			return nil, err
 		}

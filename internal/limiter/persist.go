@@ -78,6 +78,9 @@ func (l *Limiter) Flush(ctx context.Context) error {
 			sh.dirty = sh.dirty[:0]
 			if l.cfg.Store != nil {
 				for _, k := range sh.deleted {
+					if _, back := sh.m[k]; back {
+						continue // seen again since: its put (now or later) must win
+					}
 					ops = append(ops, store.Op{Key: storeKey(t.name, k), Delete: true})
 				}
 			}

@@ -76,3 +76,25 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func FuzzRecordDecode(f *testing.F) {
+	for _, r := range []Record{{Policy: Default(), Version: 3}, {Policy: Policy{Name: "gone"}, Version: 9, Deleted: true}} {
+		b, _ := r.MarshalBinary()
+		f.Add(b)
+	}
+	f.Add([]byte(`{"name":"x","limit":-1}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var r Record
+		if err := r.UnmarshalBinary(data); err != nil {
+			return
+		}
+		b, err := r.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var again Record
+		if err := again.UnmarshalBinary(b); err != nil || again != r {
+			t.Fatalf("round trip = %+v, %v, want %+v", again, err, r)
+		}
+	})
+}

@@ -211,4 +211,4 @@ func TestPanicIsInternal(t *testing.T) {
 type panicky struct{}
 
 func (panicky) Allow(context.Context, limiter.Request) (limiter.Result, error) { panic("boom") }
-func (panicky) Release(context.Context, string) (int64, error)              { panic("boom") }
+func (panicky) Release(context.Context, string) (int64, error)                 { panic("boom") }

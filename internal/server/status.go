@@ -24,7 +24,7 @@ func toStatus(err error) error {
 	case errors.Is(err, limiter.ErrBadKey), errors.Is(err, limiter.ErrBadHits),
 		errors.Is(err, limiter.ErrBadLeaseID), errors.Is(err, policy.ErrInvalid), errors.Is(err, errBadRequest):
 		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, limiter.ErrUnknownPolicy), errors.Is(err, limiter.ErrLeaseNotFound):
+	case errors.Is(err, limiter.ErrUnknownPolicy), errors.Is(err, limiter.ErrLeaseNotFound), errors.Is(err, limiter.ErrKeyNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, limiter.ErrPolicyExists):
 		return status.Error(codes.AlreadyExists, err.Error())

@@ -82,11 +82,12 @@ func (l *Leases) Release(id uint64, now time.Time) bool {
 
 // Next returns the earliest expiry among the leases, or 0 when none is held.
 func (l *Leases) Next() int64 {
-	var next int64
-	for _, x := range l.held {
-		if next == 0 || x.Expires < next {
-			next = x.Expires
-		}
+	if len(l.held) == 0 {
+		return 0
+	}
+	next := l.held[0].Expires
+	for _, x := range l.held[1:] {
+		next = min(next, x.Expires)
 	}
 	return next
 }
@@ -110,8 +111,16 @@ func (l *Leases) MarshalBinary() ([]byte, error) { return l.AppendBinary(nil) }
 // UnmarshalBinary restores l from MarshalBinary's output. It rejects input
 // that is not such output with ErrCorrupt and leaves l unchanged then.
 func (l *Leases) UnmarshalBinary(data []byte) error {
-	_, err := l.decode(data)
-	return err
+	var out Leases
+	n, err := out.decode(data)
+	if err != nil {
+		return err
+	}
+	if n != len(data) {
+		return fmt.Errorf("%w: leases: %d trailing bytes", ErrCorrupt, len(data)-n)
+	}
+	*l = out
+	return nil
 }
 
 func (l *Leases) decode(data []byte) (int, error) {

@@ -74,13 +74,3 @@ func (r Rate) IsZero() bool { return r.step == 0 }
 
 // String returns "600 per 5m0s".
 func (r Rate) String() string { return fmt.Sprintf("%d per %v", r.limit, r.window) }
-
-// bucketOf returns the index of the step that holds time t.
-func (r Rate) bucketOf(t time.Time) int64 {
-	ns := t.UnixNano()
-	b := ns / r.step
-	if ns < 0 && ns%r.step != 0 {
-		b--
-	}
-	return b
-}

@@ -3,6 +3,7 @@ package window
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -32,8 +33,10 @@ type Sliding struct {
 	counts []uint32 // ring of buckets+1 steps; step b lives at b mod len
 }
 
-// Peek returns the decision for hits at now without changing anything.
-// hits must not be negative; zero asks about the current state.
+// Peek returns the decision for hits at now without counting anything.
+// hits must not be negative; zero asks about the current state. Given a Rate
+// with another step or bucket count than s was used with, Peek (like every
+// method) first rebases s onto it, conservatively.
 func (s *Sliding) Peek(r *Rate, now time.Time, hits int64) Decision {
 	v := s.view(r, now)
 	return v.decide(r, hits)
@@ -55,7 +58,7 @@ func (s *Sliding) Add(r *Rate, now time.Time, hits int64) {
 	if hits <= 0 {
 		return
 	}
-	i := floorDiv(s.last, s.step) % int64(len(s.counts))
+	i := mod(floorDiv(s.last, s.step), int64(len(s.counts)))
 	c := int64(s.counts[i]) + hits
 	if c > MaxLimit {
 		c = MaxLimit
@@ -87,7 +90,7 @@ func (s *Sliding) view(r *Rate, now time.Time) view {
 		s.rebase(r)
 	}
 	ns := now.UnixNano()
-	if ns < s.last {
+	if s.counts != nil && ns < s.last { // a Sliding that never counted has seen no time
 		ns = s.last
 	}
 	v := view{s: s, now: ns, cur: floorDiv(ns, r.step)}
@@ -196,28 +199,38 @@ func (s *Sliding) advance(r *Rate, now time.Time) {
 }
 
 // rebase moves counts made with another step or bucket count onto r,
-// conservatively: every remembered hit is placed in the step of r that holds
-// the end of the newest old step with hits, so no hit is forgotten early.
+// conservatively: the hits of each old step are placed in the step of r that
+// holds the end of that old step (or s.last, if sooner), so no hit is
+// forgotten before r would forget it. Hits that r has already forgotten at
+// s.last are dropped. s.last, the newest time seen, is kept.
 func (s *Sliding) rebase(r *Rate) {
-	if s.total == 0 || s.counts == nil {
-		s.counts, s.step, s.total = nil, 0, 0
+	if s.counts == nil {
+		s.step, s.total = 0, 0
 		return
 	}
-	oldN := int64(len(s.counts))
-	head := floorDiv(s.last, s.step)
-	newestEnd := s.last
-	for b := head; b > head-oldN; b-- {
-		if s.counts[mod(b, oldN)] > 0 {
-			newestEnd = min((b+1)*s.step-1, s.last)
-			break
+	old, oldStep := s.counts, s.step
+	oldN, n := int64(len(old)), int64(r.buckets+1)
+	oldHead, head := floorDiv(s.last, oldStep), floorDiv(s.last, r.step)
+	s.counts = make([]uint32, n)
+	s.step, s.total = r.step, 0
+	for b := oldHead - oldN + 1; b <= oldHead; b++ {
+		c := int64(old[mod(b, oldN)])
+		if c == 0 {
+			continue
 		}
+		end := s.last
+		if b < oldHead {
+			end = (b+1)*oldStep - 1
+		}
+		nb := floorDiv(end, r.step)
+		if head-nb >= n { // already forgotten under r
+			continue
+		}
+		i := mod(nb, n)
+		c = min(int64(s.counts[i])+c, MaxLimit)
+		s.total += c - int64(s.counts[i])
+		s.counts[i] = uint32(c)
 	}
-	total := s.total
-	s.counts = make([]uint32, r.buckets+1)
-	s.step = r.step
-	s.last = newestEnd
-	s.counts[mod(floorDiv(newestEnd, r.step), int64(len(s.counts)))] = uint32(min(total, MaxLimit))
-	s.total = min(total, MaxLimit)
 }
 
 // encoding version of Sliding.MarshalBinary.
@@ -247,8 +260,16 @@ func (s *Sliding) MarshalBinary() ([]byte, error) { return s.AppendBinary(nil) }
 // UnmarshalBinary restores s from MarshalBinary's output. It rejects input
 // that is not such output with ErrCorrupt and leaves s unchanged then.
 func (s *Sliding) UnmarshalBinary(data []byte) error {
-	_, err := s.decode(data)
-	return err
+	var out Sliding
+	n, err := out.decode(data)
+	if err != nil {
+		return err
+	}
+	if n != len(data) {
+		return fmt.Errorf("%w: sliding: %d trailing bytes", ErrCorrupt, len(data)-n)
+	}
+	*s = out
+	return nil
 }
 
 // decode is UnmarshalBinary that reports how many bytes it read.
@@ -274,8 +295,11 @@ func (s *Sliding) decode(data []byte) (int, error) {
 	p += k
 	out := Sliding{last: last, step: int64(step)}
 	if n > 0 {
-		out.counts = make([]uint32, n)
 		head := floorDiv(last, int64(step))
+		if head < math.MinInt64+int64(n) { // the ring's oldest step would overflow
+			return 0, fmt.Errorf("%w: sliding: bad time", ErrCorrupt)
+		}
+		out.counts = make([]uint32, n)
 		for b := head - int64(n) + 1; b <= head; b++ {
 			c, k := binary.Uvarint(data[p:])
 			if k <= 0 || c > MaxLimit {
