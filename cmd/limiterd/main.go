@@ -66,6 +66,8 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 	syncMode := fs.String("sync", "batch", "durability: batch (write-behind every --flush-interval) or always (answer after fsync, group commit)")
 	fs.DurationVar(&cfg.FlushInterval, "flush-interval", cfg.FlushInterval, "write-behind `interval`; a kill -9 forgets at most this much of hits")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long shutdown waits for in-flight calls")
+	fs.IntVar(&cfg.MaxInFlight, "max-in-flight", 8192, "calls answered at once; beyond it UNAVAILABLE (overloaded) at once")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
 	if err := fs.Parse(args); err != nil {

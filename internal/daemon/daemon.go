@@ -11,18 +11,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
 	"github.com/limiterd/limiterd/internal/limiter"
+	"github.com/limiterd/limiterd/internal/metrics"
 	"github.com/limiterd/limiterd/internal/policy"
 	"github.com/limiterd/limiterd/internal/server"
 	"github.com/limiterd/limiterd/internal/store"
@@ -50,6 +50,11 @@ type Config struct {
 	FlushInterval time.Duration
 	// DrainTimeout bounds the wait for in-flight calls at Close. Default 10s.
 	DrainTimeout time.Duration
+	// MaxInFlight bounds the calls answered at once (UNAVAILABLE beyond).
+	// 0 means the server's default (8192).
+	MaxInFlight int
+	// Pprof serves /debug/pprof/ on the HTTP listener.
+	Pprof bool
 	// Now reports the time. Default time.Now.
 	Now func() time.Time
 	// Logger is the structured log. Default slog.Default().
@@ -77,6 +82,8 @@ type Main struct {
 	db      *store.DB
 	lim     *limiter.Limiter
 	svc     *server.Service
+	admin   *server.Admin
+	metrics *metrics.Metrics
 	grpc    *grpc.Server
 	grpcLn  net.Listener
 	httpLn  net.Listener
@@ -116,6 +123,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	lcfg.FlushInterval = cfg.FlushInterval
 	lcfg.Now = cfg.Now
 	lcfg.Logger = cfg.Logger
+	m.metrics = metrics.New(func() float64 { return float64(m.lim.Keys()) })
+	lcfg.OnFlush = m.metrics.Flush
 	if m.lim, err = limiter.New(lcfg); err != nil {
 		return err
 	}
@@ -123,10 +132,18 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	scv.Decider = m.lim
 	scv.Now = cfg.Now
 	scv.Logger = cfg.Logger
+	scv.Metrics = m.metrics
+	if cfg.MaxInFlight != 0 {
+		scv.MaxInFlight = cfg.MaxInFlight
+	}
 	if m.svc, err = server.New(scv); err != nil {
 		return err
 	}
 	m.grpc = m.svc.NewGRPCServer()
+	if m.admin, err = server.NewAdmin(server.AdminConfig{Backend: m.lim}); err != nil {
+		return err
+	}
+	m.admin.Register(m.grpc)
 	if m.grpcLn, err = listen(cfg.GRPCAddr); err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
 	}
@@ -234,13 +251,15 @@ func (m *Main) Close() error {
 }
 
 func (m *Main) httpHandler() http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "limiterd_keys_in_memory", Help: "Keys whose state is held in memory.",
-	}, func() float64 { return float64(m.lim.Keys()) }))
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.metrics.Registry, promhttp.HandlerOpts{}))
+	if m.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if m.svc.Draining() {

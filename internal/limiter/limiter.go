@@ -62,6 +62,8 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives flush errors and start-up notes. Default slog.Default().
 	Logger *slog.Logger
+	// OnFlush, when set, is told how long each flush that wrote records took.
+	OnFlush func(d time.Duration, records int)
 }
 
 // DefaultConfig returns a Config with every field set.

@@ -91,9 +91,13 @@ func (l *Limiter) Flush(ctx context.Context) error {
 	if len(ops) == 0 || l.cfg.Store == nil {
 		return nil
 	}
+	start := time.Now()
 	if err := l.cfg.Store.Write(ctx, store.KindState, ops); err != nil {
 		l.pending = ops // a later put of the same key comes after these, so it wins
 		return fmt.Errorf("flush %d records: %w", len(ops), err)
+	}
+	if l.cfg.OnFlush != nil {
+		l.cfg.OnFlush(time.Since(start), len(ops))
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/limiterd/limiterd/internal/limiter"
+	"github.com/limiterd/limiterd/internal/metrics"
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
 
@@ -46,13 +48,20 @@ type Config struct {
 	MaxConcurrentStreams uint32
 	// ServerOptions are added to the grpc.Server (TLS credentials, ...).
 	ServerOptions []grpc.ServerOption
-	// UnaryInterceptors run after the built-in recovery interceptor.
+	// UnaryInterceptors run after the built-in recovery, load and metrics
+	// interceptors.
 	UnaryInterceptors []grpc.UnaryServerInterceptor
+	// Metrics records decisions and latency; nil records nothing.
+	Metrics *metrics.Metrics
+	// MaxInFlight bounds the calls being answered at once; beyond it a call
+	// gets UNAVAILABLE at once instead of queueing. Default 8192; negative
+	// means no bound.
+	MaxInFlight int
 }
 
 // DefaultConfig returns a Config with every field but Decider set.
 func DefaultConfig() Config {
-	return Config{Now: time.Now, Logger: slog.Default(), MaxRecvMsgSize: 64 << 10, MaxConcurrentStreams: 1024}
+	return Config{Now: time.Now, Logger: slog.Default(), MaxRecvMsgSize: 64 << 10, MaxConcurrentStreams: 1024, MaxInFlight: 8192}
 }
 
 // Service implements limiter.v1.Limiter. It is safe for concurrent use.
@@ -61,6 +70,7 @@ type Service struct {
 	cfg      Config
 	health   *health.Server
 	draining atomic.Bool
+	inFlight atomic.Int64
 }
 
 // New returns a Service. Register it on a grpc.Server with Register, or use
@@ -82,7 +92,7 @@ func New(cfg Config) (*Service, error) {
 // reflection, keepalive settings for long-lived gateway connections, a
 // bounded message size and the recovery interceptor.
 func (s *Service) NewGRPCServer() *grpc.Server {
-	ics := append([]grpc.UnaryServerInterceptor{s.recoverUnary}, s.cfg.UnaryInterceptors...)
+	ics := append([]grpc.UnaryServerInterceptor{s.recoverUnary, s.loadUnary}, s.cfg.UnaryInterceptors...)
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
@@ -123,6 +133,7 @@ func (s *Service) Allow(ctx context.Context, req *limiterv1.AllowRequest) (*limi
 	if err != nil {
 		return nil, s.fail("Allow", req.GetRequestId(), err)
 	}
+	s.cfg.Metrics.Decision(res.Policy.Name, max(res.Code, res.ShadowCode), res.ShadowCode != 0)
 	return s.Response(&res, req.GetPath(), req.GetRequestId()), nil
 }
 
@@ -170,6 +181,27 @@ func (s *Service) fail(method, requestID string, err error) error {
 		s.cfg.Logger.Error("call failed", "method", method, "request_id", requestID, "err", err)
 	}
 	return st
+}
+
+// loadUnary bounds the calls in flight and records each call's latency.
+// Health and reflection calls are never refused.
+func (s *Service) loadUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if strings.HasPrefix(info.FullMethod, "/grpc.") {
+		return handler(ctx, req)
+	}
+	n := s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
+	if s.cfg.MaxInFlight > 0 && n > int64(s.cfg.MaxInFlight) {
+		s.cfg.Metrics.Overloaded()
+		return nil, status.Errorf(codes.Unavailable, "overloaded: more than %d calls in flight; retry on another node", s.cfg.MaxInFlight)
+	}
+	if s.cfg.Metrics == nil {
+		return handler(ctx, req)
+	}
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	s.cfg.Metrics.Latency(info.FullMethod, time.Since(start))
+	return resp, err
 }
 
 // recoverUnary turns a panic into INTERNAL and logs it with its stack; the

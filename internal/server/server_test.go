@@ -212,3 +212,43 @@ type panicky struct{}
 
 func (panicky) Allow(context.Context, limiter.Request) (limiter.Result, error) { panic("boom") }
 func (panicky) Release(context.Context, string) (int64, error)                 { panic("boom") }
+
+// blocking holds every Allow until release is closed.
+type blocking struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b blocking) Allow(ctx context.Context, req limiter.Request) (limiter.Result, error) {
+	b.entered <- struct{}{}
+	<-b.release
+	return limiter.Result{Allowed: true, Policy: policy.Default(), Limit: 600, Remaining: 599}, nil
+}
+func (b blocking) Release(context.Context, string) (int64, error) { return 0, nil }
+
+func TestOverloadIsUnavailable(t *testing.T) {
+	b := blocking{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	cfg := DefaultConfig()
+	cfg.Decider = b
+	cfg.MaxInFlight = 1
+	svc, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &grpc.UnaryServerInfo{FullMethod: "/limiter.v1.Limiter/Allow"}
+	call := func() error {
+		_, err := svc.loadUnary(context.Background(), &limiterv1.AllowRequest{Key: "k"}, info,
+			func(ctx context.Context, req any) (any, error) { return svc.Allow(ctx, req.(*limiterv1.AllowRequest)) })
+		return err
+	}
+	first := make(chan error, 1)
+	go func() { first <- call() }()
+	<-b.entered
+	if err := call(); status.Code(err) != codes.Unavailable {
+		t.Errorf("second call error = %v, want Unavailable", err)
+	}
+	close(b.release)
+	if err := <-first; err != nil {
+		t.Errorf("first call error = %v", err)
+	}
+}

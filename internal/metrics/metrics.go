@@ -1,0 +1,146 @@
+// Package metrics holds limiterd's Prometheus metrics. Each node has its own
+// registry (no package-level state), so several nodes run in one process.
+package metrics
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are one node's metrics. The zero value is not usable; call New.
+// All methods are safe for concurrent use; a nil *Metrics records nothing.
+type Metrics struct {
+	// Registry serves /metrics.
+	Registry *prometheus.Registry
+
+	decisions  *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	forwarded  *prometheus.CounterVec
+	batchSize  prometheus.Histogram
+	replLag    prometheus.Histogram
+	flushTime  prometheus.Histogram
+	flushRecs  prometheus.Counter
+	overloaded prometheus.Counter
+}
+
+// New registers the metrics, plus Go and process collectors, on a new
+// registry. keys reports the keys held in memory when scraped.
+func New(keys func() float64) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "limiterd_decisions_total",
+			Help: "Allow decisions by policy and code (0 allowed, 122 rate, 123 concurrency); shadow=true when a shadow policy let a denial through.",
+		}, []string{"policy", "code", "shadow"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "limiterd_request_duration_seconds",
+			Help:    "Time to answer a gRPC call, by method.",
+			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 0.25, 1},
+		}, []string{"method"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "limiterd_forwarded_total",
+			Help: "Calls forwarded to a key's owner, by kind and result (ok, error).",
+		}, []string{"kind", "result"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "limiterd_forward_batch_size",
+			Help:    "Calls per forwarded batch.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
+		}),
+		replLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "limiterd_replication_lag_seconds",
+			Help:    "Time from a state change on the owner to its replica batch being acknowledged.",
+			Buckets: []float64{1e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 5},
+		}),
+		flushTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "limiterd_store_flush_duration_seconds",
+			Help:    "Time to write one batch of changed state to bbolt.",
+			Buckets: []float64{1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1},
+		}),
+		flushRecs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "limiterd_store_flushed_records_total",
+			Help: "Records written or deleted by flushes.",
+		}),
+		overloaded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "limiterd_overloaded_total",
+			Help: "Calls refused with UNAVAILABLE because too many were in flight.",
+		}),
+	}
+	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.decisions, m.latency, m.forwarded, m.batchSize, m.replLag, m.flushTime, m.flushRecs, m.overloaded)
+	if keys != nil {
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "limiterd_keys_in_memory", Help: "Keys whose state is held in memory.",
+		}, keys))
+	}
+	return m
+}
+
+var codeLabels = map[int32]string{0: "0", 122: "122", 123: "123"}
+
+// Decision counts one Allow decision.
+func (m *Metrics) Decision(policy string, code int32, shadow bool) {
+	if m == nil {
+		return
+	}
+	c, ok := codeLabels[code]
+	if !ok {
+		c = strconv.Itoa(int(code))
+	}
+	s := "false"
+	if shadow {
+		s = "true"
+	}
+	m.decisions.WithLabelValues(policy, c, s).Inc()
+}
+
+// Latency records the time one call took.
+func (m *Metrics) Latency(method string, d time.Duration) {
+	if m != nil {
+		m.latency.WithLabelValues(method).Observe(d.Seconds())
+	}
+}
+
+// Forwarded counts a call sent to a key's owner.
+func (m *Metrics) Forwarded(kind string, err error) {
+	if m == nil {
+		return
+	}
+	r := "ok"
+	if err != nil {
+		r = "error"
+	}
+	m.forwarded.WithLabelValues(kind, r).Inc()
+}
+
+// BatchSize records the size of one forwarded batch.
+func (m *Metrics) BatchSize(n int) {
+	if m != nil {
+		m.batchSize.Observe(float64(n))
+	}
+}
+
+// ReplicationLag records how long a replica batch took to be acknowledged.
+func (m *Metrics) ReplicationLag(d time.Duration) {
+	if m != nil {
+		m.replLag.Observe(d.Seconds())
+	}
+}
+
+// Flush records one store flush.
+func (m *Metrics) Flush(d time.Duration, records int) {
+	if m == nil {
+		return
+	}
+	m.flushTime.Observe(d.Seconds())
+	m.flushRecs.Add(float64(records))
+}
+
+// Overloaded counts a call refused for load.
+func (m *Metrics) Overloaded() {
+	if m != nil {
+		m.overloaded.Inc()
+	}
+}
