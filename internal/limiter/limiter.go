@@ -62,6 +62,9 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives flush errors and start-up notes. Default slog.Default().
 	Logger *slog.Logger
+	// Replicate queues every key changed by Allow or Release for
+	// TakeChanged, so a cluster can send it to the key's replicas.
+	Replicate bool
 	// OnFlush, when set, is told how long each flush that wrote records took.
 	OnFlush func(d time.Duration, records int)
 }
@@ -167,18 +170,21 @@ type compiled struct {
 }
 
 type shard struct {
-	mu      sync.Mutex
-	m       map[string]*entry
-	dirty   []*entry // changed since the last flush
-	deleted []string // swept since the last flush
-	_       [64]byte // keep neighbouring locks off one cache line
+	mu        sync.Mutex
+	m         map[string]*entry
+	dirty     []*entry // changed since the last flush
+	replDirty []*entry // changed since the last TakeChanged
+	deleted   []string // swept since the last flush
+	_         [64]byte // keep neighbouring locks off one cache line
 }
 
 type entry struct {
-	key   string
-	st    window.State
-	dirty bool // queued on the shard's dirty list
-	gone  bool // swept; skip when flushing
+	key       string
+	st        window.State
+	synced    uint64 // cluster membership epoch the key was last merged at
+	dirty     bool   // queued on the shard's dirty list
+	replDirty bool   // queued on the shard's replication list
+	gone      bool   // swept; skip when flushing
 }
 
 // New returns a Limiter with cfg's policies and, when cfg.Store is set, the
@@ -327,6 +333,7 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 	changed := res.Allowed && !req.DryRun
 	var snapshot []byte
 	if changed {
+		l.markChanged(sh, e)
 		if l.cfg.SyncAlways && l.cfg.Store != nil {
 			snapshot, _ = st.AppendBinary(nil)
 		} else {
@@ -378,6 +385,7 @@ func (l *Limiter) ReleaseID(ctx context.Context, lid LeaseID) (inFlight int64, e
 	inFlight = e.st.Leases.InFlight(now)
 	var snapshot []byte
 	if e.st.Leases.Len() != before {
+		l.markChanged(sh, e)
 		if l.cfg.SyncAlways && l.cfg.Store != nil {
 			snapshot, _ = e.st.AppendBinary(nil)
 		} else {
@@ -401,6 +409,14 @@ func (sh *shard) markDirty(e *entry) {
 	if !e.dirty {
 		e.dirty = true
 		sh.dirty = append(sh.dirty, e)
+	}
+}
+
+// markChanged queues e for the store and, when replicating, for replicas.
+func (l *Limiter) markChanged(sh *shard, e *entry) {
+	if l.cfg.Replicate && !e.replDirty {
+		e.replDirty = true
+		sh.replDirty = append(sh.replDirty, e)
 	}
 }
 

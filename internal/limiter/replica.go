@@ -1,0 +1,126 @@
+package limiter
+
+import (
+	"fmt"
+
+	"github.com/limiterd/limiterd/internal/window"
+)
+
+// KeyState is the encoded state of one key, as it travels between nodes.
+type KeyState struct {
+	Policy string
+	Key    string
+	State  []byte // window.State.MarshalBinary
+}
+
+// TakeChanged returns the keys changed by Allow or Release since the last
+// call, with their state now, for replication. Only with Config.Replicate.
+func (l *Limiter) TakeChanged() []KeyState {
+	var out []KeyState
+	for _, t := range *l.tables.Load() {
+		for i := range t.shards {
+			sh := &t.shards[i]
+			sh.mu.Lock()
+			for j, e := range sh.replDirty {
+				e.replDirty = false
+				sh.replDirty[j] = nil
+				if e.gone {
+					continue
+				}
+				v, _ := e.st.AppendBinary(nil)
+				out = append(out, KeyState{Policy: t.name, Key: e.key, State: v})
+			}
+			sh.replDirty = sh.replDirty[:0]
+			sh.mu.Unlock()
+		}
+	}
+	return out
+}
+
+// Export returns the state of every key for which keep returns true (all
+// keys when keep is nil), for handing keys to other nodes.
+func (l *Limiter) Export(keep func(policy, key string) bool) []KeyState {
+	var out []KeyState
+	for _, t := range *l.tables.Load() {
+		for i := range t.shards {
+			sh := &t.shards[i]
+			sh.mu.Lock()
+			for k, e := range sh.m {
+				if keep == nil || keep(t.name, k) {
+					v, _ := e.st.AppendBinary(nil)
+					out = append(out, KeyState{Policy: t.name, Key: k, State: v})
+				}
+			}
+			sh.mu.Unlock()
+		}
+	}
+	return out
+}
+
+// State returns the encoded state of one key, or false when it holds none.
+func (l *Limiter) State(policyName, key string) ([]byte, bool) {
+	t := l.table(policyName)
+	if t == nil {
+		return nil, false
+	}
+	sh := t.shard(l.seed, key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.m[key]
+	if e == nil {
+		return nil, false
+	}
+	v, _ := e.st.AppendBinary(nil)
+	return v, true
+}
+
+// Merge folds another node's copy of a key into this node's, never counting
+// fewer hits than either (window.State.Merge). With replaceLeases the copy's
+// leases replace this node's: a replica takes its owner's word on leases.
+// The key is marked synced at epoch (see Synced). Merged state is written to
+// the store at the next flush but not replicated onwards.
+func (l *Limiter) Merge(ks KeyState, replaceLeases bool, epoch uint64) error {
+	t := l.table(ks.Policy)
+	if t == nil {
+		return fmt.Errorf("%w: %q", ErrUnknownPolicy, ks.Policy)
+	}
+	if err := ValidateKey(ks.Key); err != nil {
+		return err
+	}
+	var in window.State
+	if len(ks.State) > 0 {
+		if err := in.UnmarshalBinary(ks.State); err != nil {
+			return fmt.Errorf("state of %q: %w", ks.Key, err)
+		}
+	}
+	c := t.cfg.Load()
+	sh := t.shard(l.seed, ks.Key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.m[ks.Key]
+	if e == nil {
+		e = &entry{key: ks.Key}
+		sh.m[ks.Key] = e
+	}
+	if len(ks.State) > 0 {
+		e.st.Merge(&c.rate, &in, replaceLeases)
+		sh.markDirty(e)
+	}
+	e.synced = max(e.synced, epoch)
+	return nil
+}
+
+// Synced reports whether the key was merged with its peers' copies at
+// membership epoch or later. A key this node never saw is not synced.
+func (l *Limiter) Synced(policyName, key string, epoch uint64) bool {
+	t := l.table(policyName)
+	if t == nil {
+		return true // nothing to sync; Allow reports the unknown policy
+	}
+	sh := t.shard(l.seed, key)
+	sh.mu.Lock()
+	e := sh.m[key]
+	ok := e != nil && e.synced >= epoch
+	sh.mu.Unlock()
+	return ok
+}
