@@ -1,0 +1,436 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
+)
+
+// Forward asks member, the owner of req's key, to run req, and returns its
+// answer. Concurrent forwards to the same member share AllowBatch RPCs (see
+// Config.BatchSize and Config.BatchWait) over one long-lived connection.
+// ctx's deadline travels with the call (Config.ForwardTimeout when it has
+// none); Forward returns as soon as ctx ends.
+//
+// Errors: ErrNoMembers for a zero Member; ErrOwnerUnavailable when member
+// cannot be reached (try the next replica); ErrDeadline (which also matches
+// context.DeadlineExceeded) when time ran out; a *RemoteError (matching
+// ErrRemote) when the owner answered the item with an error status;
+// context.Canceled when ctx was cancelled. It is safe for concurrent use.
+func (n *Node) Forward(ctx context.Context, member Member, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+	p, err := n.fw.peer(member)
+	if err != nil {
+		return nil, fmt.Errorf("forward %q to %s: %w", req.GetKey(), member.Name, err)
+	}
+	return submit(ctx, p.allow, req, n.cfg.ForwardTimeout, member.Name)
+}
+
+// ForwardRelease is Forward for Release: member must own the key the lease
+// id names. Batched with other releases to the same member.
+func (n *Node) ForwardRelease(ctx context.Context, member Member, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {
+	p, err := n.fw.peer(member)
+	if err != nil {
+		return nil, fmt.Errorf("forward release to %s: %w", member.Name, err)
+	}
+	return submit(ctx, p.release, req, n.cfg.ForwardTimeout, member.Name)
+}
+
+// Replicate sends state updates to member, a replica of the keys, and waits
+// for it to apply them. Errors are classified like Forward's. The caller
+// does its own batching and runs it off the request path.
+func (n *Node) Replicate(ctx context.Context, member Member, states []*limiterv1.KeyState) error {
+	p, err := n.fw.peer(member)
+	if err == nil {
+		_, err = p.client.Replicate(ctx, &limiterv1.ReplicateRequest{States: states})
+		err = callError(ctx, member.Name, err)
+	}
+	if err != nil {
+		return fmt.Errorf("replicate %d keys to %s: %w", len(states), member.Name, err)
+	}
+	return nil
+}
+
+// PushState hands keys to member, their new owner (for example before this
+// node leaves), and waits for it to apply them. Errors as for Replicate.
+func (n *Node) PushState(ctx context.Context, member Member, states []*limiterv1.KeyState) error {
+	p, err := n.fw.peer(member)
+	if err == nil {
+		_, err = p.client.PushState(ctx, &limiterv1.PushStateRequest{States: states})
+		err = callError(ctx, member.Name, err)
+	}
+	if err != nil {
+		return fmt.Errorf("push %d keys to %s: %w", len(states), member.Name, err)
+	}
+	return nil
+}
+
+// Fetch asks member for the state it holds for refs; keys it does not know
+// are left out of the result. Errors as for Replicate.
+func (n *Node) Fetch(ctx context.Context, member Member, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error) {
+	p, err := n.fw.peer(member)
+	var resp *limiterv1.FetchStateResponse
+	if err == nil {
+		resp, err = p.client.FetchState(ctx, &limiterv1.FetchStateRequest{Refs: refs})
+		err = callError(ctx, member.Name, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fetch %d keys from %s: %w", len(refs), member.Name, err)
+	}
+	return resp.GetStates(), nil
+}
+
+// Key reads or resets one key on member (Admin calls). Errors as for
+// Replicate.
+func (n *Node) Key(ctx context.Context, member Member, req *limiterv1.PeerKeyRequest) (*limiterv1.KeyInfo, error) {
+	p, err := n.fw.peer(member)
+	var resp *limiterv1.PeerKeyResponse
+	if err == nil {
+		resp, err = p.client.Key(ctx, req)
+		err = callError(ctx, member.Name, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("key %q on %s: %w", req.GetKey(), member.Name, err)
+	}
+	return resp.GetKey(), nil
+}
+
+// forwarder owns one client connection and one pair of batchers per peer.
+type forwarder struct {
+	size int
+	wait time.Duration
+	opts []grpc.DialOption
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	peers  map[string]*peer
+	closed bool
+}
+
+func newForwarder(cfg Config, log *slog.Logger) *forwarder {
+	opts := cfg.DialOptions
+	if opts == nil {
+		opts = []grpc.DialOption{
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				MinConnectTimeout: time.Second,
+			}),
+		}
+	}
+	return &forwarder{size: cfg.BatchSize, wait: cfg.BatchWait, opts: opts, log: log, peers: make(map[string]*peer)}
+}
+
+// peer is the client side of one member.
+type peer struct {
+	name    string
+	addr    string
+	conn    *grpc.ClientConn
+	client  limiterv1.PeerClient
+	allow   *batcher[*limiterv1.AllowRequest, *limiterv1.AllowResponse]
+	release *batcher[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]
+}
+
+// peer returns the client for m, connecting lazily; a changed gRPC address
+// replaces the old connection.
+func (f *forwarder) peer(m Member) (*peer, error) {
+	if m.Name == "" || m.GRPCAddr == "" {
+		return nil, ErrNoMembers
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	if p, ok := f.peers[m.Name]; ok {
+		if p.addr == m.GRPCAddr {
+			return p, nil
+		}
+		delete(f.peers, m.Name)
+		go p.conn.Close()
+	}
+	conn, err := grpc.NewClient(m.GRPCAddr, f.opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial %s: %v", ErrOwnerUnavailable, m.GRPCAddr, err)
+	}
+	p := &peer{name: m.Name, addr: m.GRPCAddr, conn: conn, client: limiterv1.NewPeerClient(conn)}
+	p.allow = &batcher[*limiterv1.AllowRequest, *limiterv1.AllowResponse]{size: f.size, wait: f.wait, send: p.sendAllow}
+	p.release = &batcher[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]{size: f.size, wait: f.wait, send: p.sendRelease}
+	f.peers[m.Name] = p
+	return p, nil
+}
+
+// closePeer drops the connection to a member that left. Calls still queued
+// for it fail with ErrOwnerUnavailable.
+func (f *forwarder) closePeer(name string) {
+	f.mu.Lock()
+	p, ok := f.peers[name]
+	delete(f.peers, name)
+	f.mu.Unlock()
+	if ok {
+		_ = p.conn.Close()
+	}
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	peers := f.peers
+	f.peers = nil
+	f.closed = true
+	f.mu.Unlock()
+	for _, p := range peers {
+		_ = p.conn.Close()
+	}
+}
+
+// call is one caller waiting in a batch.
+type call[Q, R any] struct {
+	req      Q
+	deadline time.Time
+	done     chan outcome[R] // buffered: the sender never blocks
+}
+
+type outcome[R any] struct {
+	resp R
+	err  error
+}
+
+// batcher coalesces calls to one peer, Nagle-style. A call goes at once
+// when no batch to the peer is in flight. Otherwise it waits in the buffer,
+// and the buffer goes as soon as it holds size calls, the batch in flight
+// returns, or wait has passed since the first call in it, whichever comes
+// first. An idle peer thus costs no added latency, a busy one gets big
+// batches, and a slow batch delays the next by at most wait.
+type batcher[Q, R any] struct {
+	size int
+	wait time.Duration
+	send func([]*call[Q, R]) // answers every call
+
+	mu       sync.Mutex
+	buf      []*call[Q, R]
+	inflight int
+	gen      uint64 // counts buffers taken, so a stale timer sends nothing
+}
+
+func (b *batcher[Q, R]) add(c *call[Q, R]) {
+	b.mu.Lock()
+	b.buf = append(b.buf, c)
+	if len(b.buf) >= b.size || b.inflight == 0 || b.wait <= 0 {
+		batch := b.take()
+		b.mu.Unlock()
+		go b.run(batch)
+		return
+	}
+	if len(b.buf) == 1 {
+		gen := b.gen
+		time.AfterFunc(b.wait, func() { b.flush(gen) })
+	}
+	b.mu.Unlock()
+}
+
+// take empties the buffer into a batch that is about to go; b.mu must be
+// held.
+func (b *batcher[Q, R]) take() []*call[Q, R] {
+	batch := b.buf
+	b.buf = nil
+	b.gen++
+	b.inflight++
+	return batch
+}
+
+// flush sends the buffer when its timer fires, unless it went already.
+func (b *batcher[Q, R]) flush(gen uint64) {
+	b.mu.Lock()
+	if gen != b.gen || len(b.buf) == 0 {
+		b.mu.Unlock()
+		return
+	}
+	batch := b.take()
+	b.mu.Unlock()
+	b.run(batch)
+}
+
+// run sends batch, then whatever queued up meanwhile once nothing else is
+// in flight.
+func (b *batcher[Q, R]) run(batch []*call[Q, R]) {
+	for batch != nil {
+		b.send(batch)
+		b.mu.Lock()
+		b.inflight--
+		batch = nil
+		if b.inflight == 0 && len(b.buf) > 0 {
+			batch = b.take()
+		}
+		b.mu.Unlock()
+	}
+}
+
+// submit queues req on b and waits for its answer or for ctx.
+func submit[Q, R any](ctx context.Context, b *batcher[Q, R], req Q, dflt time.Duration, peer string) (R, error) {
+	var zero R
+	what := "forward to " + peer
+	if err := ctx.Err(); err != nil {
+		return zero, ctxError(what, err)
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(dflt)
+	}
+	c := &call[Q, R]{req: req, deadline: deadline, done: make(chan outcome[R], 1)}
+	b.add(c)
+	select {
+	case o := <-c.done:
+		return o.resp, o.err
+	case <-ctx.Done():
+		return zero, ctxError(what, ctx.Err())
+	}
+}
+
+// sendBatch is the shared body of sendAllow and sendRelease: it drops
+// expired calls, sends the rest with their remaining budgets in one RPC
+// whose deadline is the latest of theirs, and hands out the results.
+func sendBatch[Q, R, I, P any](
+	peer string, batch []*call[Q, R],
+	item func(Q, *durationpb.Duration) I,
+	rpc func(context.Context, []I) ([]P, error),
+	result func(P) (R, *limiterv1.ItemStatus),
+) {
+	now := time.Now()
+	live := make([]*call[Q, R], 0, len(batch))
+	items := make([]I, 0, len(batch))
+	var latest time.Time
+	for _, c := range batch {
+		left := c.deadline.Sub(now)
+		if left <= 0 {
+			c.done <- outcome[R]{err: deadlineError("forward to "+peer, nil)}
+			continue
+		}
+		live = append(live, c)
+		items = append(items, item(c.req, durationpb.New(left)))
+		if c.deadline.After(latest) {
+			latest = c.deadline
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), latest)
+	defer cancel()
+	results, err := rpc(ctx, items)
+	if err == nil && len(results) != len(live) {
+		err = fmt.Errorf("%w: peer answered %d of %d items", ErrOwnerUnavailable, len(results), len(live))
+	}
+	if err != nil {
+		err = rpcError(peer, err)
+		for _, c := range live {
+			c.done <- outcome[R]{err: fmt.Errorf("forward to %s: %w", peer, err)}
+		}
+		return
+	}
+	for i, c := range live {
+		resp, st := result(results[i])
+		switch {
+		case st != nil:
+			c.done <- outcome[R]{err: itemError(peer, st)}
+		default:
+			c.done <- outcome[R]{resp: resp}
+		}
+	}
+}
+
+func (p *peer) sendAllow(batch []*call[*limiterv1.AllowRequest, *limiterv1.AllowResponse]) {
+	sendBatch(p.name, batch,
+		func(q *limiterv1.AllowRequest, d *durationpb.Duration) *limiterv1.PeerAllowItem {
+			return &limiterv1.PeerAllowItem{Request: q, Timeout: d}
+		},
+		func(ctx context.Context, items []*limiterv1.PeerAllowItem) ([]*limiterv1.PeerAllowResult, error) {
+			resp, err := p.client.AllowBatch(ctx, &limiterv1.PeerAllowBatchRequest{Items: items})
+			return resp.GetResults(), err
+		},
+		func(r *limiterv1.PeerAllowResult) (*limiterv1.AllowResponse, *limiterv1.ItemStatus) {
+			if resp := r.GetResponse(); resp != nil {
+				return resp, nil
+			}
+			return nil, statusOrMissing(r.GetStatus())
+		})
+}
+
+func (p *peer) sendRelease(batch []*call[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]) {
+	sendBatch(p.name, batch,
+		func(q *limiterv1.ReleaseRequest, d *durationpb.Duration) *limiterv1.PeerReleaseItem {
+			return &limiterv1.PeerReleaseItem{Request: q, Timeout: d}
+		},
+		func(ctx context.Context, items []*limiterv1.PeerReleaseItem) ([]*limiterv1.PeerReleaseResult, error) {
+			resp, err := p.client.ReleaseBatch(ctx, &limiterv1.PeerReleaseBatchRequest{Items: items})
+			return resp.GetResults(), err
+		},
+		func(r *limiterv1.PeerReleaseResult) (*limiterv1.ReleaseResponse, *limiterv1.ItemStatus) {
+			if resp := r.GetResponse(); resp != nil {
+				return resp, nil
+			}
+			return nil, statusOrMissing(r.GetStatus())
+		})
+}
+
+// statusOrMissing turns an empty result (neither response nor status) into
+// an Internal status, so a caller never sees a nil response without error.
+func statusOrMissing(st *limiterv1.ItemStatus) *limiterv1.ItemStatus {
+	if st == nil || st.GetCode() == int32(codes.OK) {
+		return &limiterv1.ItemStatus{Code: int32(codes.Internal), Message: "peer sent an empty result"}
+	}
+	return st
+}
+
+// itemError converts a peer's per-item status.
+func itemError(peer string, st *limiterv1.ItemStatus) error {
+	return &RemoteError{Peer: peer, Code: codes.Code(st.GetCode()), Msg: st.GetMessage()}
+}
+
+// rpcError converts the error of a whole RPC to a peer: a deadline becomes
+// ErrDeadline, failures to reach the peer become ErrOwnerUnavailable, and a
+// status the peer chose becomes a *RemoteError.
+func rpcError(peer string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, ErrOwnerUnavailable) || errors.Is(err, ErrDeadline) {
+		return err
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return deadlineError("rpc to "+peer, nil)
+		}
+		if errors.Is(err, context.Canceled) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", ErrOwnerUnavailable, err)
+	}
+	switch st.Code() {
+	case codes.DeadlineExceeded:
+		return deadlineError("rpc to "+peer, nil)
+	case codes.Unavailable, codes.Canceled:
+		return fmt.Errorf("%w: %s", ErrOwnerUnavailable, st.Message())
+	}
+	return &RemoteError{Peer: peer, Code: st.Code(), Msg: st.Message()}
+}
+
+// callError is rpcError for a unary call made with the caller's ctx: when
+// ctx ended, its error wins.
+func callError(ctx context.Context, peer string, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return ctxError("rpc to "+peer, ctx.Err())
+	}
+	return rpcError(peer, err)
+}

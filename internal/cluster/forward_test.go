@@ -1,0 +1,363 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
+)
+
+func TestForwardBatches(t *testing.T) {
+	tune := func(c *Config) { c.BatchWait = 20 * time.Millisecond; c.BatchSize = 64 }
+	from := startNode(t, "from", tune)
+	to := startNode(t, "to", tune)
+
+	const calls = 50
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make(chan error, calls)
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			key := fmt.Sprintf("key-%d", i)
+			resp, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: key})
+			switch {
+			case err != nil:
+				errs <- fmt.Errorf("Forward(%s) = %v", key, err)
+			case !resp.GetAllowed() || resp.GetPolicy() != "to" || resp.GetRemaining() != int64(len(key)):
+				errs <- fmt.Errorf("Forward(%s) = %v, want the answer of node to for this key", key, resp)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	batches := to.rpcs("AllowBatch")
+	if got := to.h.allows.Load(); got != calls {
+		t.Errorf("owner ran %d Allow calls, want %d", got, calls)
+	}
+	if batches >= calls || batches < 1 {
+		t.Errorf("%d forwards took %d AllowBatch RPCs, want fewer (coalesced)", calls, batches)
+	}
+	t.Logf("%d forwards in %d AllowBatch RPCs", calls, batches)
+}
+
+// TestBatcher drives the batcher with a send that the test releases by
+// hand, so every rule can be checked in order.
+func TestBatcher(t *testing.T) {
+	type c = call[int, int]
+	sent := make(chan []int, 10)
+	release := make(chan struct{})
+	b := &batcher[int, int]{size: 3, wait: time.Hour}
+	b.send = func(batch []*c) {
+		ids := make([]int, len(batch))
+		for i, x := range batch {
+			ids[i] = x.req
+		}
+		sent <- ids
+		<-release
+		for _, x := range batch {
+			x.done <- outcome[int]{resp: x.req}
+		}
+	}
+	add := func(id int) *c {
+		x := &c{req: id, done: make(chan outcome[int], 1)}
+		b.add(x)
+		return x
+	}
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case got := <-sent:
+			if fmt.Sprint(got) != want {
+				t.Fatalf("sent %v, want %s", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("nothing sent, want %s", want)
+		}
+	}
+	expectNothing := func() {
+		t.Helper()
+		select {
+		case got := <-sent:
+			t.Fatalf("sent %v, want nothing yet", got)
+		default:
+		}
+	}
+
+	first := add(1)
+	expect("[1]") // idle peer: at once
+	add(2)
+	add(3)
+	expectNothing() // in flight, buffer not full, wait is an hour
+	add(4)
+	expect("[2 3 4]") // full
+	add(5)
+	expectNothing()
+	release <- struct{}{} // one of the two batches in flight returns
+	release <- struct{}{} // and the other: now nothing is in flight
+	expect("[5]")         // so the buffer goes
+	release <- struct{}{}
+	if o := <-first.done; o.resp != 1 {
+		t.Errorf("call 1 answered %d, want 1", o.resp)
+	}
+
+	// With a short wait, a buffer goes after wait although a batch is
+	// still in flight.
+	b.wait = 10 * time.Millisecond
+	add(6)
+	expect("[6]")
+	add(7)
+	expect("[7]")
+	close(release)
+}
+
+func TestForwardDeadline(t *testing.T) {
+	from := startNode(t, "from", nil)
+	to := startNode(t, "to", nil)
+	budget := make(chan time.Duration, 1)
+	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+		if d, ok := ctx.Deadline(); ok {
+			budget <- time.Until(d)
+		} else {
+			budget <- -1
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	const timeout = 200 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	_, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "slow"})
+	took := time.Since(start)
+	if !errorsIs(err, ErrDeadline, context.DeadlineExceeded) {
+		t.Errorf("Forward() = %v, want ErrDeadline and context.DeadlineExceeded", err)
+	}
+	if took > time.Second {
+		t.Errorf("Forward() took %v with a %v deadline", took, timeout)
+	}
+	if got := <-budget; got <= 0 || got > timeout {
+		t.Errorf("owner saw a deadline %v away, want within (0, %v]", got, timeout)
+	}
+}
+
+func TestForwardRemoteDeadlineStatus(t *testing.T) {
+	// The owner itself reports DeadlineExceeded before the caller's
+	// deadline: the RemoteError must still read as a deadline.
+	from := startNode(t, "from", nil)
+	to := startNode(t, "to", nil)
+	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+		return nil, context.DeadlineExceeded
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "k"})
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != codes.DeadlineExceeded || !errorsIs(err, ErrDeadline, context.DeadlineExceeded, ErrRemote) {
+		t.Errorf("Forward() = %v, want a DeadlineExceeded RemoteError", err)
+	}
+}
+
+func TestForwardOwnerDown(t *testing.T) {
+	from := startNode(t, "from", nil)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := Member{Name: "dead", GRPCAddr: lis.Addr().String()}
+	lis.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = from.Forward(ctx, dead, &limiterv1.AllowRequest{Key: "k"})
+	if !errors.Is(err, ErrOwnerUnavailable) {
+		t.Errorf("Forward(dead) = %v, want ErrOwnerUnavailable", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Forward(dead) took %v, want a fast failure", took)
+	}
+	if _, err := from.ForwardRelease(ctx, dead, &limiterv1.ReleaseRequest{LeaseId: "x"}); !errors.Is(err, ErrOwnerUnavailable) {
+		t.Errorf("ForwardRelease(dead) = %v, want ErrOwnerUnavailable", err)
+	}
+	if _, err := from.Forward(ctx, Member{}, &limiterv1.AllowRequest{Key: "k"}); !errors.Is(err, ErrNoMembers) {
+		t.Errorf("Forward(zero Member) = %v, want ErrNoMembers", err)
+	}
+}
+
+func TestForwardRemoteErrors(t *testing.T) {
+	from := startNode(t, "from", nil)
+	to := startNode(t, "to", nil)
+	to.h.release = func(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {
+		switch req.GetLeaseId() {
+		case "unknown":
+			return nil, status.Error(codes.NotFound, "no such lease")
+		case "draining":
+			return nil, status.Error(codes.Unavailable, "draining")
+		case "plain":
+			return nil, errors.New("boom")
+		case "nil":
+			return nil, nil
+		}
+		return &limiterv1.ReleaseResponse{InFlight: 3}, nil
+	}
+	tests := []struct {
+		lease   string
+		code    codes.Code
+		matches []error
+	}{
+		{"ok", codes.OK, nil},
+		{"unknown", codes.NotFound, []error{ErrRemote}},
+		{"draining", codes.Unavailable, []error{ErrRemote, ErrOwnerUnavailable}},
+		{"plain", codes.Unknown, []error{ErrRemote}},
+		{"nil", codes.Internal, []error{ErrRemote}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.lease, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			resp, err := from.ForwardRelease(ctx, to.Self(), &limiterv1.ReleaseRequest{LeaseId: tt.lease})
+			if tt.code == codes.OK {
+				if err != nil || resp.GetInFlight() != 3 {
+					t.Errorf("ForwardRelease() = %v, %v, want in_flight 3", resp, err)
+				}
+				return
+			}
+			var re *RemoteError
+			if !errors.As(err, &re) || re.Code != tt.code || re.Peer != "to" {
+				t.Fatalf("ForwardRelease() = %v, want RemoteError with code %v from to", err, tt.code)
+			}
+			if !errorsIs(err, tt.matches...) {
+				t.Errorf("ForwardRelease() = %v, want it to match %v", err, tt.matches)
+			}
+			if resp != nil {
+				t.Errorf("ForwardRelease() response = %v with an error, want nil", resp)
+			}
+		})
+	}
+}
+
+func TestForwardCancelled(t *testing.T) {
+	from := startNode(t, "from", nil)
+	to := startNode(t, "to", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "k"}); !errors.Is(err, context.Canceled) || errors.Is(err, ErrDeadline) {
+		t.Errorf("Forward(cancelled) = %v, want context.Canceled", err)
+	}
+}
+
+func TestReplicateFetchPush(t *testing.T) {
+	from := startNode(t, "from", nil)
+	to := startNode(t, "to", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	states := []*limiterv1.KeyState{
+		{Policy: "default", Key: "a", State: []byte{1}, Version: 1},
+		{Policy: "default", Key: "b", State: []byte{2}, Version: 1},
+	}
+	if err := from.Replicate(ctx, to.Self(), states); err != nil {
+		t.Fatalf("Replicate() = %v", err)
+	}
+	if err := from.PushState(ctx, to.Self(), []*limiterv1.KeyState{{Policy: "default", Key: "a", State: []byte{9}, Version: 2}}); err != nil {
+		t.Fatalf("PushState() = %v", err)
+	}
+	got, err := from.Fetch(ctx, to.Self(), []*limiterv1.KeyRef{{Policy: "default", Key: "a"}, {Policy: "default", Key: "nope"}})
+	if err != nil {
+		t.Fatalf("Fetch() = %v", err)
+	}
+	if len(got) != 1 || got[0].GetKey() != "a" || got[0].GetVersion() != 2 || got[0].GetState()[0] != 9 {
+		t.Errorf("Fetch() = %v, want key a at version 2", got)
+	}
+	err = from.Replicate(ctx, to.Self(), []*limiterv1.KeyState{{Policy: "default"}})
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != codes.InvalidArgument {
+		t.Errorf("Replicate(bad) = %v, want RemoteError InvalidArgument", err)
+	}
+	if got := to.rpcs("Replicate") + to.rpcs("PushState") + to.rpcs("FetchState"); got != 4 {
+		t.Errorf("owner saw %d state RPCs, want 4", got)
+	}
+}
+
+func TestForwardAcrossCluster(t *testing.T) {
+	// Every node forwards every key to its owner; the answer must come
+	// from the owner that all nodes agree on.
+	nodes := startCluster(t, 3, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := range 30 {
+		key := fmt.Sprintf("key-%d", i)
+		for _, tn := range nodes {
+			owner, _ := tn.Owner(key)
+			resp, err := tn.Forward(ctx, owner, &limiterv1.AllowRequest{Key: key})
+			if err != nil || resp.GetPolicy() != owner.Name {
+				t.Fatalf("%s Forward(%s) = %v, %v, want an answer from %s", tn.Name(), key, resp, err, owner.Name)
+			}
+		}
+	}
+}
+
+func TestShutdownFailsForwards(t *testing.T) {
+	from := startNode(t, "from", nil)
+	to := startNode(t, "to", nil)
+	if err := from.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "k"}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Forward after Shutdown = %v, want ErrClosed", err)
+	}
+	if err := from.Leave(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("Leave after Shutdown = %v, want ErrClosed", err)
+	}
+	if err := from.SetPolicy("p", nil, 1); !errors.Is(err, ErrClosed) {
+		t.Errorf("SetPolicy after Shutdown = %v, want ErrClosed", err)
+	}
+}
+
+func BenchmarkForward(b *testing.B) {
+	for _, bc := range []struct {
+		wait time.Duration
+		par  int // goroutines per GOMAXPROCS
+	}{{0, 1}, {200 * time.Microsecond, 1}, {0, 16}, {200 * time.Microsecond, 16}} {
+		b.Run(fmt.Sprintf("wait=%v/par=%d", bc.wait, bc.par), func(b *testing.B) {
+			tune := func(c *Config) { c.BatchWait = bc.wait }
+			from := startNode(b, "from", tune)
+			to := startNode(b, "to", tune)
+			owner := to.Self()
+			req := &limiterv1.AllowRequest{Key: "tenant:42:/invoices"}
+			b.SetParallelism(bc.par)
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := context.Background()
+				for pb.Next() {
+					if _, err := from.Forward(ctx, owner, req); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64(to.h.allows.Load())/float64(max(to.rpcs("AllowBatch"), 1)), "calls/rpc")
+		})
+	}
+}
