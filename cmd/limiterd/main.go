@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -68,6 +69,13 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long shutdown waits for in-flight calls")
 	fs.IntVar(&cfg.MaxInFlight, "max-in-flight", 8192, "calls answered at once; beyond it UNAVAILABLE (overloaded) at once")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
+	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "cluster member `name`; unique")
+	fs.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "memberlist bind `address`; empty runs a single node without gossip")
+	fs.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "gossip `address` peers use to reach this node, when it differs from --gossip-addr")
+	join := fs.String("join", "", "comma-separated gossip `addresses` of existing members")
+	fs.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "nodes holding each key, owner included")
+	fs.DurationVar(&cfg.ReplicationInterval, "replication-interval", cfg.ReplicationInterval, "how often owners send changed keys to replicas")
+	gossipKeyFile := fs.String("gossip-key-file", "", "`file` with the gossip encryption key (16, 24 or 32 bytes, raw or base64)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +107,29 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 	if cfg.FlushInterval <= 0 {
 		return cfg, fmt.Errorf("--flush-interval: %v must be positive", cfg.FlushInterval)
 	}
+	if *join != "" {
+		for _, a := range strings.Split(*join, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				cfg.Join = append(cfg.Join, a)
+			}
+		}
+		if cfg.GossipAddr == "" {
+			return cfg, fmt.Errorf("--join needs --gossip-addr")
+		}
+	}
+	if cfg.Replicas < 1 {
+		return cfg, fmt.Errorf("--replicas: %d must be at least 1", cfg.Replicas)
+	}
+	if cfg.ReplicationInterval <= 0 {
+		return cfg, fmt.Errorf("--replication-interval: %v must be positive", cfg.ReplicationInterval)
+	}
+	if *gossipKeyFile != "" {
+		key, err := readGossipKey(*gossipKeyFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--gossip-key-file: %w", err)
+		}
+		cfg.GossipKey = key
+	}
 	if *configFile != "" {
 		ps, err := policy.Load(*configFile)
 		if err != nil {
@@ -108,3 +139,21 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 	}
 	return cfg, nil
 }
+
+// readGossipKey reads an AES key of 16, 24 or 32 bytes, raw or base64.
+func readGossipKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	trimmed := strings.TrimSpace(string(b))
+	if k, err := base64.StdEncoding.DecodeString(trimmed); err == nil && validKeyLen(len(k)) {
+		return k, nil
+	}
+	if validKeyLen(len(b)) {
+		return b, nil
+	}
+	return nil, fmt.Errorf("%s: want 16, 24 or 32 bytes (raw or base64), got %d bytes", path, len(b))
+}
+
+func validKeyLen(n int) bool { return n == 16 || n == 24 || n == 32 }

@@ -46,7 +46,7 @@ type proc struct {
 // and waits until it serves.
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
-	args = append([]string{"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-format", "json"}, args...)
+	args = append([]string{"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--log-format", "json"}, args...)
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "LIMITERD_TEST_MAIN=1")
 	pipe, err := cmd.StderrPipe()
@@ -235,7 +235,7 @@ func TestCorruptDatabaseExitsAndKeepsFile(t *testing.T) {
 	sum := sha256.Sum256(garbage)
 
 	var stderr bytes.Buffer
-	err := run(context.Background(), []string{"--data-dir", data, "--grpc-addr", "127.0.0.1:0", "--http-addr", ""}, &stderr)
+	err := run(context.Background(), []string{"--data-dir", data, "--grpc-addr", "127.0.0.1:0", "--http-addr", "", "--gossip-addr", ""}, &stderr)
 	if err == nil || !strings.Contains(err.Error(), file) {
 		t.Fatalf("run() error = %v, want an error naming %s", err, file)
 	}

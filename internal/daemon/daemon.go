@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
+	"github.com/limiterd/limiterd/internal/cluster"
 	"github.com/limiterd/limiterd/internal/limiter"
 	"github.com/limiterd/limiterd/internal/metrics"
 	"github.com/limiterd/limiterd/internal/policy"
@@ -55,6 +56,26 @@ type Config struct {
 	MaxInFlight int
 	// Pprof serves /debug/pprof/ on the HTTP listener.
 	Pprof bool
+	// NodeName names this member of the cluster; unique. Default the host
+	// name.
+	NodeName string
+	// GossipAddr is memberlist's bind address; empty runs a single node
+	// with no gossip. Default 127.0.0.1:7946; port 0 picks a free port.
+	GossipAddr string
+	// AdvertiseAddr is the gossip address peers use, when it differs.
+	AdvertiseAddr string
+	// Join lists gossip addresses of existing members.
+	Join []string
+	// GossipKey encrypts gossip (16, 24 or 32 bytes); nil sends it in clear.
+	GossipKey []byte
+	// Replicas is how many nodes hold each key (owner included). Default 2.
+	Replicas int
+	// ReplicationInterval is how often owners send changed keys to their
+	// replicas. Default 10ms.
+	ReplicationInterval time.Duration
+	// Cluster tunes memberlist and forwarding; nil takes cluster's defaults.
+	// Tests shorten its timings.
+	Cluster func(*cluster.Config)
 	// Now reports the time. Default time.Now.
 	Now func() time.Time
 	// Logger is the structured log. Default slog.Default().
@@ -64,14 +85,18 @@ type Config struct {
 // DefaultConfig returns the embedded defaults of `go run ./cmd/limiterd`.
 func DefaultConfig() Config {
 	return Config{
-		GRPCAddr:      "127.0.0.1:8081",
-		HTTPAddr:      "127.0.0.1:8080",
-		DataDir:       "./data",
-		Policies:      []policy.Policy{policy.Default()},
-		FlushInterval: 100 * time.Millisecond,
-		DrainTimeout:  10 * time.Second,
-		Now:           time.Now,
-		Logger:        slog.Default(),
+		GRPCAddr:            "127.0.0.1:8081",
+		HTTPAddr:            "127.0.0.1:8080",
+		DataDir:             "./data",
+		Policies:            []policy.Policy{policy.Default()},
+		FlushInterval:       100 * time.Millisecond,
+		DrainTimeout:        10 * time.Second,
+		NodeName:            hostname(),
+		GossipAddr:          "127.0.0.1:7946",
+		Replicas:            2,
+		ReplicationInterval: 10 * time.Millisecond,
+		Now:                 time.Now,
+		Logger:              slog.Default(),
 	}
 }
 
@@ -84,14 +109,19 @@ type Main struct {
 	svc     *server.Service
 	admin   *server.Admin
 	metrics *metrics.Metrics
-	grpc    *grpc.Server
-	grpcLn  net.Listener
-	httpLn  net.Listener
-	http    *http.Server
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	closeMu sync.Mutex
-	closed  bool
+	node    *cluster.Node
+	glue    *server.Cluster
+	// peerDialOptions replace the cluster's default dial options when set
+	// (TLS and the peer secret).
+	peerDialOptions []grpc.DialOption
+	grpc            *grpc.Server
+	grpcLn          net.Listener
+	httpLn          net.Listener
+	http            *http.Server
+	cancel          context.CancelFunc
+	wg              sync.WaitGroup
+	closeMu         sync.Mutex
+	closed          bool
 }
 
 // New returns a Main for cfg; nothing is opened until Run.
@@ -125,6 +155,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	lcfg.Logger = cfg.Logger
 	m.metrics = metrics.New(func() float64 { return float64(m.lim.Keys()) })
 	lcfg.OnFlush = m.metrics.Flush
+	lcfg.Replicate = cfg.GossipAddr != ""
 	if m.lim, err = limiter.New(lcfg); err != nil {
 		return err
 	}
@@ -146,6 +177,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.admin.Register(m.grpc)
 	if m.grpcLn, err = listen(cfg.GRPCAddr); err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
+	}
+	if cfg.GossipAddr != "" {
+		if err := m.startCluster(); err != nil {
+			return err
+		}
 	}
 	if cfg.HTTPAddr != "" {
 		if m.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
@@ -174,6 +210,14 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			}
 		}()
 	}
+	if m.node != nil {
+		if len(cfg.Join) > 0 {
+			if _, err := m.node.Join(ctx); err != nil {
+				return fmt.Errorf("join %v: %w", cfg.Join, err)
+			}
+		}
+		m.glue.PublishPolicies()
+	}
 	cfg.Logger.Info("limiterd serving", "grpc", m.GRPCAddr(), "http", m.HTTPAddr(), "data", scfg.Path,
 		"policies", len(m.lim.Policies()), "sync_always", cfg.SyncAlways)
 	return nil
@@ -198,6 +242,60 @@ func (m *Main) HTTPAddr() string {
 	return m.httpLn.Addr().String()
 }
 
+// GossipAddr returns the bound gossip address, or "" on a single node.
+func (m *Main) GossipAddr() string {
+	if m.node == nil {
+		return ""
+	}
+	return m.node.GossipAddr()
+}
+
+// Node returns the cluster node, or nil on a single node.
+func (m *Main) Node() *cluster.Node { return m.node }
+
+// startCluster creates the gossip node, routes calls through it and
+// registers the Peer service. The node joins once the gRPC server serves.
+func (m *Main) startCluster() error {
+	cfg := m.cfg
+	m.glue = server.NewCluster(m.svc, m.lim, m.admin, server.ClusterConfig{
+		ReplicationInterval: cfg.ReplicationInterval,
+		SyncTimeout:         250 * time.Millisecond,
+		HandoffTimeout:      cfg.DrainTimeout,
+		Metrics:             m.metrics,
+		Logger:              cfg.Logger,
+	})
+	ccfg := cluster.DefaultConfig()
+	ccfg.NodeName = cfg.NodeName
+	ccfg.GossipAddr = cfg.GossipAddr
+	ccfg.AdvertiseAddr = cfg.AdvertiseAddr
+	ccfg.GRPCAddr = m.GRPCAddr()
+	ccfg.Join = cfg.Join
+	ccfg.GossipKey = cfg.GossipKey
+	ccfg.Replicas = cfg.Replicas
+	ccfg.OnChange = m.glue.OnChange
+	ccfg.OnPolicy = m.glue.OnPolicy
+	ccfg.Logger = cfg.Logger
+	ccfg.DialOptions = m.peerDialOptions
+	if cfg.Cluster != nil {
+		cfg.Cluster(&ccfg)
+	}
+	node, err := cluster.New(ccfg)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	m.node = node
+	m.glue.Start(node, m.grpc)
+	return nil
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "limiterd"
+	}
+	return h
+}
+
 // Limiter returns the node's limiter (for tests and embedding).
 func (m *Main) Limiter() *limiter.Limiter { return m.lim }
 
@@ -213,6 +311,15 @@ func (m *Main) Close() error {
 	m.closed = true
 	if m.svc != nil {
 		m.svc.Drain()
+	}
+	if m.node != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.DrainTimeout)
+		if err := m.node.Leave(ctx); err != nil {
+			m.cfg.Logger.Warn("leave cluster", "err", err)
+		}
+		m.glue.Leave(ctx) // hand keys to their new owners while Peer still answers
+		cancel()
+		m.glue.Stop()
 	}
 	if m.grpc != nil {
 		stopped := make(chan struct{})
@@ -239,6 +346,9 @@ func (m *Main) Close() error {
 	var errs []error
 	if m.lim != nil {
 		errs = append(errs, m.lim.Close())
+	}
+	if m.node != nil {
+		errs = append(errs, m.node.Shutdown())
 	}
 	m.wg.Wait()
 	if m.db != nil {

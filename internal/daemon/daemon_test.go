@@ -27,6 +27,7 @@ func startMain(t *testing.T, mod func(*Config)) *Main {
 	cfg.GRPCAddr = "127.0.0.1:0"
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.DataDir = t.TempDir()
+	cfg.GossipAddr = ""
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if mod != nil {
 		mod(&cfg)
@@ -149,7 +150,10 @@ func TestAdminAPI(t *testing.T) {
 		}(), codes.InvalidArgument, "window"},
 		{"get missing", func() error { _, err := a.GetPolicy(ctx, &limiterv1.GetPolicyRequest{Name: "nope"}); return err }(), codes.NotFound, "nope"},
 		{"delete missing", func() error { _, err := a.DeletePolicy(ctx, &limiterv1.DeletePolicyRequest{Name: "nope"}); return err }(), codes.NotFound, "nope"},
-		{"delete default", func() error { _, err := a.DeletePolicy(ctx, &limiterv1.DeletePolicyRequest{Name: "default"}); return err }(), codes.InvalidArgument, "default"},
+		{"delete default", func() error {
+			_, err := a.DeletePolicy(ctx, &limiterv1.DeletePolicyRequest{Name: "default"})
+			return err
+		}(), codes.InvalidArgument, "default"},
 		{"update missing", func() error {
 			_, err := a.UpdatePolicy(ctx, &limiterv1.UpdatePolicyRequest{Policy: &limiterv1.Policy{Name: "nope", Limit: 1, Window: durationpb.New(time.Minute)}})
 			return err

@@ -14,8 +14,9 @@ type KeyState struct {
 }
 
 // TakeChanged returns the keys changed by Allow or Release since the last
-// call, with their state now, for replication. Only with Config.Replicate.
-func (l *Limiter) TakeChanged() []KeyState {
+// call, with their state now, for replication (Config.Replicate). With
+// encode false it only clears the queue (no peer to send to).
+func (l *Limiter) TakeChanged(encode bool) []KeyState {
 	var out []KeyState
 	for _, t := range *l.tables.Load() {
 		for i := range t.shards {
@@ -24,7 +25,7 @@ func (l *Limiter) TakeChanged() []KeyState {
 			for j, e := range sh.replDirty {
 				e.replDirty = false
 				sh.replDirty[j] = nil
-				if e.gone {
+				if e.gone || !encode {
 					continue
 				}
 				v, _ := e.st.AppendBinary(nil)

@@ -71,6 +71,7 @@ type Service struct {
 	health   *health.Server
 	draining atomic.Bool
 	inFlight atomic.Int64
+	cluster  *Cluster // nil on a single node
 }
 
 // New returns a Service. Register it on a grpc.Server with Register, or use
@@ -129,9 +130,24 @@ func (s *Service) Allow(ctx context.Context, req *limiterv1.AllowRequest) (*limi
 	if s.draining.Load() {
 		return nil, toStatus(errDraining)
 	}
-	res, err := s.cfg.Decider.Allow(ctx, limiter.Request{Policy: req.GetPolicy(), Key: req.GetKey(), Hits: req.GetHits(), DryRun: req.GetDryRun()})
+	var resp *limiterv1.AllowResponse
+	var err error
+	if s.cluster != nil {
+		resp, err = s.cluster.allow(ctx, req)
+	} else {
+		resp, err = s.allowLocal(ctx, req)
+	}
 	if err != nil {
 		return nil, s.fail("Allow", req.GetRequestId(), err)
+	}
+	return resp, nil
+}
+
+// allowLocal decides req on this node.
+func (s *Service) allowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+	res, err := s.cfg.Decider.Allow(ctx, limiter.Request{Policy: req.GetPolicy(), Key: req.GetKey(), Hits: req.GetHits(), DryRun: req.GetDryRun()})
+	if err != nil {
+		return nil, err
 	}
 	s.cfg.Metrics.Decision(res.Policy.Name, max(res.Code, res.ShadowCode), res.ShadowCode != 0)
 	return s.Response(&res, req.GetPath(), req.GetRequestId()), nil
@@ -167,7 +183,13 @@ func (s *Service) Release(ctx context.Context, req *limiterv1.ReleaseRequest) (*
 	if req.GetLeaseId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "lease_id is empty")
 	}
-	n, err := s.cfg.Decider.Release(ctx, req.GetLeaseId())
+	var n int64
+	var err error
+	if s.cluster != nil {
+		n, err = s.cluster.release(ctx, req)
+	} else {
+		n, err = s.cfg.Decider.Release(ctx, req.GetLeaseId())
+	}
 	if err != nil {
 		return nil, s.fail("Release", "", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/limiterd/limiterd/internal/cluster"
 	"github.com/limiterd/limiterd/internal/limiter"
 	"github.com/limiterd/limiterd/internal/policy"
 	"github.com/limiterd/limiterd/internal/store"
@@ -16,9 +17,14 @@ import (
 // become INTERNAL with no detail; the caller logs them.
 func toStatus(err error) error {
 	var se interface{ GRPCStatus() *status.Status }
+	var re *cluster.RemoteError
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &re): // before the sentinels, which it also matches
+		return status.Error(re.Code, re.Msg)
+	case errors.Is(err, cluster.ErrDeadline):
+		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	case errors.Is(err, limiter.ErrBadKey), errors.Is(err, limiter.ErrBadHits),
@@ -28,7 +34,8 @@ func toStatus(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, limiter.ErrPolicyExists):
 		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, errDraining), errors.Is(err, limiter.ErrClosed), errors.Is(err, store.ErrClosed):
+	case errors.Is(err, errDraining), errors.Is(err, limiter.ErrClosed), errors.Is(err, store.ErrClosed),
+		errors.Is(err, cluster.ErrOwnerUnavailable), errors.Is(err, cluster.ErrNoMembers), errors.Is(err, cluster.ErrClosed):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.As(err, &se):
 		return se.GRPCStatus().Err()

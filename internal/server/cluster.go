@@ -1,0 +1,494 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/limiterd/limiterd/internal/cluster"
+	"github.com/limiterd/limiterd/internal/limiter"
+	"github.com/limiterd/limiterd/internal/metrics"
+	"github.com/limiterd/limiterd/internal/policy"
+	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
+)
+
+// peerNode is the part of *cluster.Node the service uses.
+type peerNode interface {
+	Name() string
+	Owner(key string) (cluster.Member, bool)
+	Replicas(key string, n int) []cluster.Member
+	ReplicaCount() int
+	Ring() *cluster.Ring
+	Members() []cluster.Member
+	Forward(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error)
+	ForwardRelease(ctx context.Context, m cluster.Member, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error)
+	Replicate(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
+	PushState(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
+	Fetch(ctx context.Context, m cluster.Member, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error)
+	Key(ctx context.Context, m cluster.Member, req *limiterv1.PeerKeyRequest) (*limiterv1.KeyInfo, error)
+	SetPolicy(name string, data []byte, version uint64) error
+	DeletePolicy(name string, version uint64) error
+	Leave(ctx context.Context) error
+	RegisterPeerService(s grpc.ServiceRegistrar, h cluster.Handler)
+}
+
+// ClusterConfig tunes how a node shares keys with its peers.
+type ClusterConfig struct {
+	// ReplicationInterval is how often changed keys are sent to their
+	// replicas, in one batch per replica. After the owner dies, the hits it
+	// admitted in the last interval may be admitted again. Default 10ms.
+	ReplicationInterval time.Duration
+	// SyncTimeout bounds fetching a key's state from its peers the first
+	// time this node decides it after a membership change. Default 250ms.
+	SyncTimeout time.Duration
+	// HandoffTimeout bounds pushing keys to their new owners. Default 5s.
+	HandoffTimeout time.Duration
+	Metrics        *metrics.Metrics
+	Logger         *slog.Logger
+}
+
+// DefaultClusterConfig returns a ClusterConfig with every field set.
+func DefaultClusterConfig() ClusterConfig {
+	return ClusterConfig{ReplicationInterval: 10 * time.Millisecond, SyncTimeout: 250 * time.Millisecond,
+		HandoffTimeout: 5 * time.Second, Logger: slog.Default()}
+}
+
+// Cluster makes a Service decide each key on its owner: it forwards calls
+// for keys it does not own, replicates the keys it owns, takes keys over
+// when membership changes, and spreads policy changes. It implements
+// cluster.Handler for the Peer service.
+type Cluster struct {
+	cfg   ClusterConfig
+	svc   *Service
+	lim   *limiter.Limiter
+	admin *Admin
+	node  peerNode
+
+	epoch     atomic.Uint64 // membership changes seen
+	changedAt atomic.Int64  // Unix ns of the last change
+	stop      chan struct{}
+	done      sync.WaitGroup
+}
+
+// NewCluster prepares the cluster side of svc. Pass its OnChange and
+// OnPolicy to cluster.Config, then call Start with the node.
+func NewCluster(svc *Service, lim *limiter.Limiter, admin *Admin, cfg ClusterConfig) *Cluster {
+	return &Cluster{cfg: cfg, svc: svc, lim: lim, admin: admin, stop: make(chan struct{})}
+}
+
+// Start registers the Peer service on g (before g serves), routes svc's
+// calls through node and starts replication. Call Join after g serves.
+func (c *Cluster) Start(node peerNode, g *grpc.Server) {
+	c.node = node
+	node.RegisterPeerService(g, c)
+	c.svc.cluster = c
+	if c.admin != nil {
+		c.admin.cfg.NodeName = node.Name()
+		c.admin.cfg.KeyUsage = c.key
+		c.admin.cfg.Members = c.members
+		c.admin.cfg.OnPolicyChange = c.publish
+	}
+	c.done.Add(1)
+	go c.replicateLoop()
+}
+
+// Stop ends replication, sending what is queued first.
+func (c *Cluster) Stop() {
+	select {
+	case <-c.stop:
+		return
+	default:
+	}
+	close(c.stop)
+	c.done.Wait()
+}
+
+// allow routes req to the key's owner, or the next live replica.
+func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+	if err := limiter.ValidateKey(req.GetKey()); err != nil {
+		return nil, err
+	}
+	if req.GetHits() < 0 {
+		return nil, fmt.Errorf("%w: %d", limiter.ErrBadHits, req.GetHits())
+	}
+	p, ok := c.lim.Policy(req.GetPolicy())
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", limiter.ErrUnknownPolicy, req.GetPolicy())
+	}
+	var lastErr error = cluster.ErrNoMembers
+	for i, m := range c.node.Replicas(req.GetKey(), c.node.ReplicaCount()) {
+		var resp *limiterv1.AllowResponse
+		var err error
+		if m.Name == c.node.Name() {
+			resp, err = c.allowOwned(ctx, req, p)
+		} else {
+			resp, err = c.node.Forward(ctx, m, req)
+			c.cfg.Metrics.Forwarded("allow", err)
+		}
+		if err == nil {
+			resp.Degraded = resp.Degraded || i > 0
+			return resp, nil
+		}
+		if !errors.Is(err, cluster.ErrOwnerUnavailable) {
+			return nil, err
+		}
+		c.cfg.Logger.Warn("key owner unreachable; trying the next replica", "key", req.GetKey(), "member", m.Name, "err", err)
+		lastErr = err
+	}
+	if !p.FailOpen {
+		return nil, lastErr
+	}
+	res := limiter.Result{Allowed: true, Policy: p, Limit: p.Limit, Remaining: p.Limit, MaxConcurrent: p.MaxConcurrent, Degraded: true}
+	return c.svc.Response(&res, req.GetPath(), req.GetRequestId()), nil
+}
+
+// allowOwned decides req here, first taking in the key's state from its
+// peers if membership changed since this node last did.
+func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p policy.Policy) (*limiterv1.AllowResponse, error) {
+	if ep, ok := c.needsSync(p, req.GetKey()); ok {
+		c.sync(ctx, p.Name, req.GetKey(), ep)
+	}
+	return c.svc.allowLocal(ctx, req)
+}
+
+// needsSync reports whether key may have state on another node that this
+// node has not merged: membership changed less than a window ago and the
+// key was not merged since.
+func (c *Cluster) needsSync(p policy.Policy, key string) (uint64, bool) {
+	ep := c.epoch.Load()
+	if ep == 0 || c.node.Ring().Len() < 2 {
+		return 0, false
+	}
+	horizon := p.Window + p.Window/time.Duration(max(p.Buckets, 1))
+	if time.Since(time.Unix(0, c.changedAt.Load())) > horizon {
+		return 0, false // whatever others held from before the change has expired
+	}
+	return ep, !c.lim.Synced(p.Name, key, ep)
+}
+
+// sync merges the copies of key held by its replicas (and the next member
+// in hash order, the previous owner after a join).
+func (c *Cluster) sync(ctx context.Context, policyName, key string, ep uint64) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.SyncTimeout)
+	defer cancel()
+	ref := []*limiterv1.KeyRef{{Policy: policyName, Key: key}}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var got []*limiterv1.KeyState
+	for _, m := range c.node.Replicas(key, c.node.ReplicaCount()+1) {
+		if m.Name == c.node.Name() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			states, err := c.node.Fetch(ctx, m, ref)
+			if err != nil {
+				c.cfg.Logger.Debug("fetch key state", "key", key, "member", m.Name, "err", err)
+				return
+			}
+			mu.Lock()
+			got = append(got, states...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, ks := range got {
+		if err := c.lim.Merge(limiter.KeyState{Policy: ks.GetPolicy(), Key: ks.GetKey(), State: ks.GetState()}, false, ep); err != nil {
+			c.cfg.Logger.Warn("merge fetched state", "key", key, "err", err)
+		}
+	}
+	_ = c.lim.Merge(limiter.KeyState{Policy: policyName, Key: key}, false, ep)
+}
+
+// release routes a Release to the owner of the key its lease names.
+func (c *Cluster) release(ctx context.Context, req *limiterv1.ReleaseRequest) (int64, error) {
+	lid, err := limiter.DecodeLeaseID(req.GetLeaseId())
+	if err != nil {
+		return 0, err
+	}
+	var lastErr error = cluster.ErrNoMembers
+	for _, m := range c.node.Replicas(lid.Key, c.node.ReplicaCount()) {
+		if m.Name == c.node.Name() {
+			return c.lim.ReleaseID(ctx, lid)
+		}
+		resp, err := c.node.ForwardRelease(ctx, m, req)
+		c.cfg.Metrics.Forwarded("release", err)
+		if err == nil {
+			return resp.GetInFlight(), nil
+		}
+		if !errors.Is(err, cluster.ErrOwnerUnavailable) {
+			return 0, err
+		}
+		lastErr = err
+	}
+	return 0, lastErr
+}
+
+// AllowLocal implements cluster.Handler: a peer forwarded req to this node
+// as the key's owner.
+func (c *Cluster) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+	if c.svc.Draining() {
+		return nil, toStatus(errDraining) // the peer tries the next replica
+	}
+	p, ok := c.lim.Policy(req.GetPolicy())
+	if !ok {
+		return nil, toStatus(fmt.Errorf("%w: %q", limiter.ErrUnknownPolicy, req.GetPolicy()))
+	}
+	resp, err := c.allowOwned(ctx, req, p)
+	if err != nil {
+		return nil, c.svc.fail("Peer.Allow", req.GetRequestId(), err)
+	}
+	return resp, nil
+}
+
+// ReleaseLocal implements cluster.Handler.
+func (c *Cluster) ReleaseLocal(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {
+	if c.svc.Draining() {
+		return nil, toStatus(errDraining)
+	}
+	n, err := c.lim.Release(ctx, req.GetLeaseId())
+	if err != nil {
+		return nil, c.svc.fail("Peer.Release", "", err)
+	}
+	return &limiterv1.ReleaseResponse{InFlight: n}, nil
+}
+
+// ApplyReplica implements cluster.Handler: merges states sent by an owner
+// (replication) or an old owner (hand-off). A replica takes its owner's
+// leases as they are; an owner keeps the union.
+func (c *Cluster) ApplyReplica(ctx context.Context, states []*limiterv1.KeyState) error {
+	for _, ks := range states {
+		_, owner := c.node.Owner(ks.GetKey())
+		err := c.lim.Merge(limiter.KeyState{Policy: ks.GetPolicy(), Key: ks.GetKey(), State: ks.GetState()}, !owner, 0)
+		if err != nil {
+			c.cfg.Logger.Warn("apply replica state", "policy", ks.GetPolicy(), "key", ks.GetKey(), "err", err)
+		}
+	}
+	return nil
+}
+
+// ExportState implements cluster.Handler.
+func (c *Cluster) ExportState(ctx context.Context, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error) {
+	var out []*limiterv1.KeyState
+	for _, r := range refs {
+		if st, ok := c.lim.State(r.GetPolicy(), r.GetKey()); ok {
+			out = append(out, &limiterv1.KeyState{Policy: r.GetPolicy(), Key: r.GetKey(), State: st})
+		}
+	}
+	return out, nil
+}
+
+// KeyLocal implements cluster.Handler: an Admin read or reset routed here.
+// A reset on the owner is spread to the replicas, or the next merge would
+// bring the hits back.
+func (c *Cluster) KeyLocal(ctx context.Context, req *limiterv1.PeerKeyRequest) (*limiterv1.KeyInfo, error) {
+	info, err := c.admin.LocalKey(ctx, req.GetPolicy(), req.GetKey(), req.GetForget())
+	if err != nil && !(req.GetForget() && errors.Is(err, limiter.ErrKeyNotFound)) {
+		return nil, toStatus(err)
+	}
+	if req.GetForget() && !req.GetLocalOnly() {
+		for _, m := range c.node.Replicas(req.GetKey(), c.node.ReplicaCount()+1) {
+			if m.Name == c.node.Name() {
+				continue
+			}
+			r := &limiterv1.PeerKeyRequest{Policy: req.GetPolicy(), Key: req.GetKey(), Forget: true, LocalOnly: true}
+			if i, err := c.node.Key(ctx, m, r); err == nil && info == nil {
+				info = i
+			}
+		}
+	}
+	if info == nil {
+		return nil, toStatus(err)
+	}
+	return info, nil
+}
+
+// key answers Admin GetKey and ResetKey on the key's owner.
+func (c *Cluster) key(ctx context.Context, policyName, key string, reset bool) (*limiterv1.KeyInfo, error) {
+	req := &limiterv1.PeerKeyRequest{Policy: policyName, Key: key, Forget: reset}
+	owner, self := c.node.Owner(key)
+	if self {
+		info, err := c.KeyLocal(ctx, req)
+		if s, ok := status.FromError(err); ok && err != nil {
+			return nil, &cluster.RemoteError{Peer: c.node.Name(), Code: s.Code(), Msg: s.Message()}
+		}
+		return info, err
+	}
+	return c.node.Key(ctx, owner, req)
+}
+
+// members lists the cluster for Admin ListMembers.
+func (c *Cluster) members() []*limiterv1.Member {
+	var out []*limiterv1.Member
+	for _, m := range c.node.Members() {
+		state := "alive"
+		if !m.Alive {
+			state = "dead"
+		}
+		out = append(out, &limiterv1.Member{Name: m.Name, GossipAddr: m.GossipAddr, GrpcAddr: m.GRPCAddr, State: state, Self: m.Name == c.node.Name()})
+	}
+	return out
+}
+
+// replicateLoop sends changed keys to their replicas every interval.
+func (c *Cluster) replicateLoop() {
+	defer c.done.Done()
+	t := time.NewTicker(c.cfg.ReplicationInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			c.replicateOnce()
+			return
+		case <-t.C:
+			c.replicateOnce()
+		}
+	}
+}
+
+// replicateOnce sends every key changed since the last call, one batch per
+// replica, and waits for the acknowledgements.
+func (c *Cluster) replicateOnce() {
+	changed := c.lim.TakeChanged(c.node.Ring().Len() > 1)
+	if len(changed) == 0 {
+		return
+	}
+	start := time.Now()
+	batches := map[string][]*limiterv1.KeyState{}
+	targets := map[string]cluster.Member{}
+	for _, ks := range changed {
+		st := &limiterv1.KeyState{Policy: ks.Policy, Key: ks.Key, State: ks.State}
+		for _, m := range c.node.Replicas(ks.Key, c.node.ReplicaCount()) {
+			if m.Name != c.node.Name() {
+				batches[m.Name] = append(batches[m.Name], st)
+				targets[m.Name] = m
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for name, states := range batches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.node.Replicate(ctx, targets[name], states); err != nil {
+				c.cfg.Logger.Debug("replicate", "member", name, "keys", len(states), "err", err)
+				return
+			}
+			c.cfg.Metrics.ReplicationLag(time.Since(start))
+		}()
+	}
+	wg.Wait()
+}
+
+// OnChange is the cluster.Config.OnChange callback: it starts a new
+// membership epoch (keys are merged with their peers' copies on first use)
+// and pushes the keys this node no longer owns to their new owners.
+func (c *Cluster) OnChange(ch cluster.Change) {
+	c.changedAt.Store(time.Now().UnixNano())
+	c.epoch.Add(1)
+	if ch.Before == nil || ch.After == nil || ch.After.Len() == 0 {
+		return
+	}
+	self := ch.After.Self()
+	moved := map[string][]*limiterv1.KeyState{}
+	owners := map[string]cluster.Member{}
+	for _, ks := range c.lim.Export(func(_, key string) bool {
+		before, wasOwner := ch.Before.Owner(key)
+		after, isOwner := ch.After.Owner(key)
+		return wasOwner && !isOwner && before.Name != after.Name
+	}) {
+		after, _ := ch.After.Owner(ks.Key)
+		if after.Name == "" || after.Name == self {
+			continue
+		}
+		moved[after.Name] = append(moved[after.Name], &limiterv1.KeyState{Policy: ks.Policy, Key: ks.Key, State: ks.State})
+		owners[after.Name] = after
+	}
+	c.push(moved, owners)
+}
+
+// Leave hands every key to its owner among the remaining members. Call it
+// after Node.Leave, while the Peer service still answers.
+func (c *Cluster) Leave(ctx context.Context) {
+	moved := map[string][]*limiterv1.KeyState{}
+	owners := map[string]cluster.Member{}
+	for _, ks := range c.lim.Export(nil) {
+		m, self := c.node.Owner(ks.Key)
+		if self || m.Name == "" {
+			continue
+		}
+		moved[m.Name] = append(moved[m.Name], &limiterv1.KeyState{Policy: ks.Policy, Key: ks.Key, State: ks.State})
+		owners[m.Name] = m
+	}
+	c.push(moved, owners)
+}
+
+func (c *Cluster) push(moved map[string][]*limiterv1.KeyState, owners map[string]cluster.Member) {
+	if len(moved) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.HandoffTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for name, states := range moved {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := c.node.PushState(ctx, owners[name], states)
+			c.cfg.Logger.Info("handed keys to their new owner", "member", name, "keys", len(states), "err", err)
+		}()
+	}
+	wg.Wait()
+}
+
+// OnPolicy is the cluster.Config.OnPolicy callback: a policy change made on
+// another node (or learned by anti-entropy) is applied here when newer.
+func (c *Cluster) OnPolicy(e cluster.PolicyEntry) {
+	rec := policy.Record{Policy: policy.Policy{Name: e.Name}, Version: e.Version, Deleted: e.Deleted}
+	if !e.Deleted {
+		if err := rec.UnmarshalBinary(e.Data); err != nil {
+			c.cfg.Logger.Warn("bad policy from a peer", "policy", e.Name, "err", err)
+			return
+		}
+		rec.Version = e.Version
+	}
+	if _, err := c.lim.ApplyPolicyRecord(context.Background(), rec); err != nil {
+		c.cfg.Logger.Warn("apply policy from a peer", "policy", e.Name, "err", err)
+	}
+}
+
+// publish spreads a policy change made here.
+func (c *Cluster) publish(rec policy.Record) {
+	var err error
+	if rec.Deleted {
+		err = c.node.DeletePolicy(rec.Policy.Name, rec.Version)
+	} else {
+		var b []byte
+		if b, err = rec.MarshalBinary(); err == nil {
+			err = c.node.SetPolicy(rec.Policy.Name, b, rec.Version)
+		}
+	}
+	if err != nil && !errors.Is(err, cluster.ErrStaleVersion) {
+		c.cfg.Logger.Warn("spread policy change", "policy", rec.Policy.Name, "err", err)
+	}
+}
+
+// PublishPolicies spreads every policy change this node knows of (from its
+// store), so the cluster converges on the newest version of each.
+func (c *Cluster) PublishPolicies() {
+	for _, rec := range c.lim.PolicyRecords() {
+		c.publish(rec)
+	}
+}
+
+var _ cluster.Handler = (*Cluster)(nil)
