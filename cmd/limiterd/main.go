@@ -21,7 +21,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/limiterd/limiterd/internal/auth"
 	"github.com/limiterd/limiterd/internal/daemon"
+	"github.com/limiterd/limiterd/internal/envoy"
+	"github.com/limiterd/limiterd/internal/limiter"
 	"github.com/limiterd/limiterd/internal/policy"
 )
 
@@ -76,6 +79,12 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 	fs.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "nodes holding each key, owner included")
 	fs.DurationVar(&cfg.ReplicationInterval, "replication-interval", cfg.ReplicationInterval, "how often owners send changed keys to replicas")
 	gossipKeyFile := fs.String("gossip-key-file", "", "`file` with the gossip encryption key (16, 24 or 32 bytes, raw or base64)")
+	authFile := fs.String("auth-file", "", "YAML `file` of bearer-token hashes, roles and key prefixes; turns auth on")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate `file` for the gRPC port")
+	tlsKey := fs.String("tls-key", "", "PEM private key `file` for --tls-cert")
+	tlsClientCA := fs.String("tls-client-ca", "", "PEM CA `file`: clients must present a certificate it signed (mTLS)")
+	peerCA := fs.String("peer-ca", "", "PEM CA `file` that signed the other nodes' certificates (dial peers over TLS)")
+	peerSecretFile := fs.String("peer-secret-file", "", "`file` holding the cluster secret this node presents to its peers")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -136,6 +145,52 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 			return cfg, fmt.Errorf("--config: %w", err)
 		}
 		cfg.Policies = ps
+		data, _ := os.ReadFile(*configFile)
+		if cfg.Envoy, err = envoy.ParseConfig(data); err != nil {
+			return cfg, fmt.Errorf("--config: %s: %w", *configFile, err)
+		}
+	}
+	if *authFile != "" {
+		a, err := auth.Load(*authFile, auth.Config{LeaseKey: func(id string) (string, error) {
+			l, err := limiter.DecodeLeaseID(id)
+			return l.Key, err
+		}})
+		if err != nil {
+			return cfg, fmt.Errorf("--auth-file: %w", err)
+		}
+		cfg.Auth = a
+	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return cfg, fmt.Errorf("--tls-cert and --tls-key go together")
+	}
+	if *tlsCert != "" {
+		t, err := auth.ServerTLS(*tlsCert, *tlsKey, *tlsClientCA)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.TLS = t
+	} else if *tlsClientCA != "" {
+		return cfg, fmt.Errorf("--tls-client-ca needs --tls-cert and --tls-key")
+	}
+	if *peerCA != "" {
+		var cert, key string
+		if *tlsClientCA != "" { // peers require client certificates too: present ours
+			cert, key = *tlsCert, *tlsKey
+		}
+		t, err := auth.ClientTLS(*peerCA, cert, key)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.PeerTLS = t
+	}
+	if *peerSecretFile != "" {
+		b, err := os.ReadFile(*peerSecretFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--peer-secret-file: %w", err)
+		}
+		if cfg.PeerSecret = strings.TrimSpace(string(b)); cfg.PeerSecret == "" {
+			return cfg, fmt.Errorf("--peer-secret-file: %s is empty", *peerSecretFile)
+		}
 	}
 	return cfg, nil
 }

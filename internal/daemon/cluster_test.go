@@ -31,7 +31,7 @@ var testPolicies = []policy.Policy{
 
 // startCluster starts n nodes in this process on loopback and waits until
 // every node sees all n.
-func startCluster(t *testing.T, n int) []*Main {
+func startCluster(t *testing.T, n int, mods ...func(*Config)) []*Main {
 	t.Helper()
 	var nodes []*Main
 	for i := range n {
@@ -44,6 +44,9 @@ func startCluster(t *testing.T, n int) []*Main {
 			c.DrainTimeout = 5 * time.Second
 			if i > 0 {
 				c.Join = []string{nodes[0].GossipAddr()}
+			}
+			for _, mod := range mods {
+				mod(c)
 			}
 		})
 		nodes = append(nodes, m)

@@ -5,6 +5,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,8 +21,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/limiterd/limiterd/internal/auth"
 	"github.com/limiterd/limiterd/internal/cluster"
+	"github.com/limiterd/limiterd/internal/envoy"
 	"github.com/limiterd/limiterd/internal/limiter"
 	"github.com/limiterd/limiterd/internal/metrics"
 	"github.com/limiterd/limiterd/internal/policy"
@@ -73,6 +79,18 @@ type Config struct {
 	// ReplicationInterval is how often owners send changed keys to their
 	// replicas. Default 10ms.
 	ReplicationInterval time.Duration
+	// Envoy maps Envoy rate limit descriptors to policies (the envoy:
+	// section of the config file). Zero serves the Envoy API with no domain.
+	Envoy envoy.Config
+	// Auth checks bearer tokens on every call; nil turns auth off.
+	Auth *auth.Authenticator
+	// TLS secures the gRPC port (with ClientCAs set: mutual TLS); nil serves
+	// plain text.
+	TLS *tls.Config
+	// PeerTLS is used to dial other nodes; nil dials in plain text.
+	PeerTLS *tls.Config
+	// PeerSecret is presented to other nodes' Peer service when auth is on.
+	PeerSecret string
 	// Cluster tunes memberlist and forwarding; nil takes cluster's defaults.
 	// Tests shorten its timings.
 	Cluster func(*cluster.Config)
@@ -111,17 +129,14 @@ type Main struct {
 	metrics *metrics.Metrics
 	node    *cluster.Node
 	glue    *server.Cluster
-	// peerDialOptions replace the cluster's default dial options when set
-	// (TLS and the peer secret).
-	peerDialOptions []grpc.DialOption
-	grpc            *grpc.Server
-	grpcLn          net.Listener
-	httpLn          net.Listener
-	http            *http.Server
-	cancel          context.CancelFunc
-	wg              sync.WaitGroup
-	closeMu         sync.Mutex
-	closed          bool
+	grpc    *grpc.Server
+	grpcLn  net.Listener
+	httpLn  net.Listener
+	http    *http.Server
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closeMu sync.Mutex
+	closed  bool
 }
 
 // New returns a Main for cfg; nothing is opened until Run.
@@ -164,6 +179,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	scv.Now = cfg.Now
 	scv.Logger = cfg.Logger
 	scv.Metrics = m.metrics
+	if cfg.Auth != nil {
+		scv.UnaryInterceptors = append(scv.UnaryInterceptors, cfg.Auth.UnaryInterceptor())
+		scv.ServerOptions = append(scv.ServerOptions, grpc.ChainStreamInterceptor(cfg.Auth.StreamInterceptor()))
+	}
+	if cfg.TLS != nil {
+		scv.ServerOptions = append(scv.ServerOptions, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
 	if cfg.MaxInFlight != 0 {
 		scv.MaxInFlight = cfg.MaxInFlight
 	}
@@ -175,6 +197,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	m.admin.Register(m.grpc)
+	if err := cfg.Envoy.ValidatePolicies(m.lim.Policy); err != nil {
+		return err
+	}
+	envoy.New(cfg.Envoy, m.svc.Decider(), cfg.Now, cfg.Logger).Register(m.grpc)
 	if m.grpcLn, err = listen(cfg.GRPCAddr); err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
 	}
@@ -275,7 +301,7 @@ func (m *Main) startCluster() error {
 	ccfg.OnChange = m.glue.OnChange
 	ccfg.OnPolicy = m.glue.OnPolicy
 	ccfg.Logger = cfg.Logger
-	ccfg.DialOptions = m.peerDialOptions
+	ccfg.DialOptions = m.peerDialOptions()
 	if cfg.Cluster != nil {
 		cfg.Cluster(&ccfg)
 	}
@@ -286,6 +312,26 @@ func (m *Main) startCluster() error {
 	m.node = node
 	m.glue.Start(node, m.grpc)
 	return nil
+}
+
+// peerDialOptions returns how this node dials its peers: TLS when PeerTLS
+// is set, the peer secret when set, and a reconnect backoff capped at 1s.
+func (m *Main) peerDialOptions() []grpc.DialOption {
+	creds := insecure.NewCredentials()
+	if m.cfg.PeerTLS != nil {
+		creds = credentials.NewTLS(m.cfg.PeerTLS)
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		}),
+	}
+	if m.cfg.PeerSecret != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(auth.PeerCredentials(m.cfg.PeerSecret)))
+	}
+	return opts
 }
 
 func hostname() string {

@@ -244,3 +244,33 @@ func (s *Service) recoverUnary(ctx context.Context, req any, info *grpc.UnarySer
 
 // Draining reports whether Drain was called.
 func (s *Service) Draining() bool { return s.draining.Load() }
+
+// Decider returns a Decider that routes like the Limiter service: through
+// the key's owner when the service runs in a cluster, else to the local
+// limiter. Other front doors (the Envoy API) use it so they share routing.
+func (s *Service) Decider() Decider { return routed{s} }
+
+type routed struct{ s *Service }
+
+func (r routed) Allow(ctx context.Context, req limiter.Request) (limiter.Result, error) {
+	if r.s.cluster == nil {
+		return r.s.cfg.Decider.Allow(ctx, req)
+	}
+	resp, err := r.s.cluster.allow(ctx, &limiterv1.AllowRequest{Key: req.Key, Policy: req.Policy, Hits: req.Hits, DryRun: req.DryRun})
+	if err != nil {
+		return limiter.Result{}, err
+	}
+	p, _ := r.s.cluster.lim.Policy(resp.GetPolicy())
+	return limiter.Result{
+		Allowed: resp.GetAllowed(), Code: resp.GetCode(), Policy: p, Limit: resp.GetLimit(), Remaining: resp.GetRemaining(),
+		RetryAfter: resp.GetRetryAfter().AsDuration(), ResetAfter: resp.GetResetAfter().AsDuration(),
+		LeaseID: resp.GetLeaseId(), MaxConcurrent: resp.GetMaxConcurrent(), InFlight: resp.GetInFlight(), Degraded: resp.GetDegraded(),
+	}, nil
+}
+
+func (r routed) Release(ctx context.Context, leaseID string) (int64, error) {
+	if r.s.cluster == nil {
+		return r.s.cfg.Decider.Release(ctx, leaseID)
+	}
+	return r.s.cluster.release(ctx, &limiterv1.ReleaseRequest{LeaseId: leaseID})
+}

@@ -50,3 +50,8 @@ var (
 	errBadRequest = errors.New("bad request")
 	errDraining   = errors.New("server: draining")
 )
+
+// Status maps err to the gRPC status the limiter.v1 services would answer
+// with, so every front door maps errors alike. Unexpected errors become a
+// bare INTERNAL; the caller logs them.
+func Status(err error) error { return toStatus(err) }
