@@ -123,7 +123,7 @@ func runLoad(ctx context.Context, cfg loadConfig, conns []*grpc.ClientConn) *loa
 		t := time.AfterFunc(cfg.Duration, func() { stop.Store(true) })
 		defer t.Stop()
 	}
-	go func() { <-ctx.Done(); stop.Store(true) }()
+	defer context.AfterFunc(ctx, func() { stop.Store(true) })()
 	for w := range ws {
 		wk := &worker{errs: map[string]uint64{}}
 		ws[w] = wk

@@ -19,7 +19,7 @@ func (e *env) allow(args []string) int {
 	dry := fs.Bool("dry-run", false, "answer as if counted, change nothing")
 	path := fs.String("path", "", "request path for the error body")
 	reqID := fs.String("request-id", "", "request id for the error body")
-	pos, code, ok := e.parse(fs, args, 1, 1)
+	pos, code, ok := e.parse(fs, args, "KEY", 1, 1)
 	if !ok {
 		return code
 	}
@@ -52,7 +52,7 @@ func (e *env) allow(args []string) int {
 
 // release: release LEASE_ID.
 func (e *env) release(args []string) int {
-	pos, code, ok := e.parse(newFlagSet("release"), args, 1, 1)
+	pos, code, ok := e.parse(newFlagSet("release"), args, "LEASE_ID", 1, 1)
 	if !ok {
 		return code
 	}
@@ -75,7 +75,7 @@ func (e *env) release(args []string) int {
 
 // policyList: policy list.
 func (e *env) policyList(args []string) int {
-	if _, code, ok := e.parse(newFlagSet("policy list"), args, 0, 0); !ok {
+	if _, code, ok := e.parse(newFlagSet("policy list"), args, "", 0, 0); !ok {
 		return code
 	}
 	c, ctx, done, code := e.dial()
@@ -99,7 +99,7 @@ func (e *env) policyList(args []string) int {
 func (e *env) policyGet(args []string) int {
 	fs := newFlagSet("policy get")
 	name := fs.String("name", "", "policy name")
-	pos, code, ok := e.parse(fs, args, 0, 1)
+	pos, code, ok := e.parse(fs, args, "[NAME]", 0, 1)
 	if !ok {
 		return code
 	}
@@ -127,7 +127,7 @@ func (e *env) policyGet(args []string) int {
 func (e *env) policyDelete(args []string) int {
 	fs := newFlagSet("policy delete")
 	name := fs.String("name", "", "policy name")
-	pos, code, ok := e.parse(fs, args, 0, 1)
+	pos, code, ok := e.parse(fs, args, "[NAME]", 0, 1)
 	if !ok {
 		return code
 	}
@@ -165,7 +165,7 @@ func (e *env) policyWrite(args []string, update bool) int {
 	ttl := fs.Duration("lease-ttl", 0, "unreleased lease lifetime (0 means 60s)")
 	failOpen := fs.Bool("fail-open", false, "allow (degraded) when the key's owner is unreachable")
 	shadow := fs.Bool("shadow", false, "count and report, but always allow")
-	pos, code, ok := e.parse(fs, args, 0, 1)
+	pos, code, ok := e.parse(fs, args, "[NAME]", 0, 1)
 	if !ok {
 		return code
 	}
@@ -238,7 +238,7 @@ func (e *env) policyWrite(args []string, update bool) int {
 func (e *env) key(args []string, reset bool) int {
 	fs := newFlagSet(e.name)
 	pol := fs.String("policy", "", "policy name (default \"default\")")
-	pos, code, ok := e.parse(fs, args, 1, 1)
+	pos, code, ok := e.parse(fs, args, "KEY", 1, 1)
 	if !ok {
 		return code
 	}
@@ -287,7 +287,7 @@ func (e *env) key(args []string, reset bool) int {
 
 // members: members.
 func (e *env) members(args []string) int {
-	if _, code, ok := e.parse(newFlagSet("members"), args, 0, 0); !ok {
+	if _, code, ok := e.parse(newFlagSet("members"), args, "", 0, 0); !ok {
 		return code
 	}
 	c, ctx, done, code := e.dial()

@@ -195,9 +195,10 @@ func (e *env) usagef(format string, args ...any) int {
 }
 
 // parse parses a command's flags (global ones included) wherever they are
-// among the arguments, and checks the number of positional arguments.
-// On failure it has printed the problem and returns the exit code.
-func (e *env) parse(fs *flag.FlagSet, args []string, minPos, maxPos int) ([]string, int, bool) {
+// among the arguments, and checks the number of positional arguments
+// against synopsis ("KEY", "[NAME]", ""). On failure it has printed the
+// problem and returns the exit code.
+func (e *env) parse(fs *flag.FlagSet, args []string, synopsis string, minPos, maxPos int) ([]string, int, bool) {
 	e.g.register(fs)
 	var pos []string
 	for {
@@ -217,16 +218,14 @@ func (e *env) parse(fs *flag.FlagSet, args []string, minPos, maxPos int) ([]stri
 	}
 	fs.Visit(func(f *flag.Flag) { e.g.set[f.Name] = true })
 	if len(pos) < minPos || len(pos) > maxPos {
-		var want string
-		switch {
-		case maxPos == 0:
-			want = "no arguments"
-		case minPos == maxPos:
-			want = fmt.Sprintf("%d argument(s)", minPos)
-		default:
-			want = fmt.Sprintf("%d to %d arguments", minPos, maxPos)
+		got := "no arguments"
+		if len(pos) > 0 {
+			got = fmt.Sprintf("%q", pos)
 		}
-		return nil, e.usagef("%s takes %s, got %q", e.name, want, pos), false
+		if synopsis != "" {
+			synopsis = " " + synopsis
+		}
+		return nil, e.usagef("usage: limiterctl %s%s [flags] (got %s)", e.name, synopsis, got), false
 	}
 	if e.g.output != "text" && e.g.output != "json" {
 		return nil, e.usagef("-o %q: want text or json", e.g.output), false

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"text/tabwriter"
@@ -13,14 +15,19 @@ import (
 )
 
 // json prints m as indented protojson with every field, zero ones included,
-// so scripts can rely on "allowed": false being there.
+// so scripts can rely on "allowed": false being there. protojson varies its
+// whitespace on purpose; json.Indent makes it stable.
 func (e *env) json(m proto.Message) {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(m)
+	b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(m)
+	var buf bytes.Buffer
+	if err == nil {
+		err = json.Indent(&buf, b, "", "  ")
+	}
 	if err != nil {
 		fmt.Fprintf(e.stderr, "limiterctl: %s: render json: %v\n", e.name, err)
 		return
 	}
-	fmt.Fprintln(e.stdout, string(b))
+	fmt.Fprintln(e.stdout, buf.String())
 }
 
 // pairs prints label/value pairs as two aligned columns.
