@@ -37,6 +37,8 @@ func TestMain(m *testing.M) {
 type proc struct {
 	cmd    *exec.Cmd
 	addr   string
+	gossip string
+	args   []string
 	stderr *bytes.Buffer
 	mu     *sync.Mutex
 	done   chan error
@@ -57,7 +59,7 @@ func startProc(t *testing.T, args ...string) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	addrc := make(chan string, 1)
+	addrc := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
@@ -66,11 +68,12 @@ func startProc(t *testing.T, args ...string) *proc {
 			p.stderr.WriteString(line + "\n")
 			p.mu.Unlock()
 			var rec struct {
-				Msg  string `json:"msg"`
-				GRPC string `json:"grpc"`
+				Msg    string `json:"msg"`
+				GRPC   string `json:"grpc"`
+				Gossip string `json:"gossip"`
 			}
 			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "limiterd serving" {
-				addrc <- rec.GRPC
+				addrc <- [2]string{rec.GRPC, rec.Gossip}
 			}
 		}
 		p.done <- cmd.Wait()
@@ -81,7 +84,8 @@ func startProc(t *testing.T, args ...string) *proc {
 		}
 	})
 	select {
-	case p.addr = <-addrc:
+	case a := <-addrc:
+		p.addr, p.gossip, p.args = a[0], a[1], args
 	case err := <-p.done:
 		t.Fatalf("limiterd exited before serving: %v\n%s", err, p.log())
 	case <-time.After(20 * time.Second):
@@ -288,4 +292,54 @@ func TestSyncAlwaysKill9LosesNothing(t *testing.T) {
 		t.Errorf("after kill -9 with --sync=always: %d hits remembered, want 50", got)
 	}
 	p2.stop(t, syscall.SIGTERM)
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var (
+	connMu sync.Mutex
+	conns  = map[string]*grpc.ClientConn{}
+)
+
+// dialConn returns a shared connection to addr, closed when the test ends.
+func dialConn(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	connMu.Lock()
+	defer connMu.Unlock()
+	if c := conns[addr]; c != nil {
+		return c
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns[addr] = c
+	t.Cleanup(func() {
+		connMu.Lock()
+		delete(conns, addr)
+		connMu.Unlock()
+		c.Close()
+	})
+	return c
+}
+
+func dialLimiter(t *testing.T, addr string) limiterv1.LimiterClient {
+	return limiterv1.NewLimiterClient(dialConn(t, addr))
+}
+
+// waitUntil polls cond every 10ms until it holds or d passes.
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -244,7 +244,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 		m.glue.PublishPolicies()
 	}
-	cfg.Logger.Info("limiterd serving", "grpc", m.GRPCAddr(), "http", m.HTTPAddr(), "data", scfg.Path,
+	cfg.Logger.Info("limiterd serving", "grpc", m.GRPCAddr(), "http", m.HTTPAddr(), "gossip", m.GossipAddr(), "node", cfg.NodeName, "data", scfg.Path,
 		"policies", len(m.lim.Policies()), "sync_always", cfg.SyncAlways)
 	return nil
 }
@@ -360,10 +360,9 @@ func (m *Main) Close() error {
 	}
 	if m.node != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.DrainTimeout)
-		if err := m.node.Leave(ctx); err != nil {
+		if err := m.glue.Leave(ctx); err != nil { // hands keys over while Peer still answers
 			m.cfg.Logger.Warn("leave cluster", "err", err)
 		}
-		m.glue.Leave(ctx) // hand keys to their new owners while Peer still answers
 		cancel()
 		m.glue.Stop()
 	}

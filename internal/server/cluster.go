@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/limiterd/limiterd/internal/cluster"
@@ -36,6 +37,8 @@ type peerNode interface {
 	SetPolicy(name string, data []byte, version uint64) error
 	DeletePolicy(name string, version uint64) error
 	Leave(ctx context.Context) error
+	Join(ctx context.Context, addrs ...string) (int, error)
+	GossipAddr() string
 	RegisterPeerService(s grpc.ServiceRegistrar, h cluster.Handler)
 }
 
@@ -75,6 +78,12 @@ type Cluster struct {
 	changedAt atomic.Int64  // Unix ns of the last change
 	stop      chan struct{}
 	done      sync.WaitGroup
+
+	// gate is held shared by every decision made here as a key's owner, and
+	// exclusively by Leave while it hands keys over, so no decision is made
+	// between the last hand-off and the moment peers route elsewhere.
+	gate    sync.RWMutex
+	leaving atomic.Bool
 }
 
 // NewCluster prepares the cluster side of svc. Pass its OnChange and
@@ -152,6 +161,11 @@ func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (*limi
 // allowOwned decides req here, first taking in the key's state from its
 // peers if membership changed since this node last did.
 func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p policy.Policy) (*limiterv1.AllowResponse, error) {
+	c.gate.RLock()
+	defer c.gate.RUnlock()
+	if c.leaving.Load() {
+		return nil, errLeaving // the caller tries the next replica
+	}
 	if ep, ok := c.needsSync(p, req.GetKey()); ok {
 		c.sync(ctx, p.Name, req.GetKey(), ep)
 	}
@@ -178,6 +192,9 @@ func (c *Cluster) needsSync(p policy.Policy, key string) (uint64, bool) {
 func (c *Cluster) sync(ctx context.Context, policyName, key string, ep uint64) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.SyncTimeout)
 	defer cancel()
+	// Peers that have not heard of this node yet join it at once (see
+	// ExportState), so they stop deciding its keys.
+	ctx = metadata.AppendToOutgoingContext(ctx, mdFromNode, c.node.Name(), mdFromGossip, c.node.GossipAddr())
 	ref := []*limiterv1.KeyRef{{Policy: policyName, Key: key}}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -217,7 +234,7 @@ func (c *Cluster) release(ctx context.Context, req *limiterv1.ReleaseRequest) (i
 	var lastErr error = cluster.ErrNoMembers
 	for _, m := range c.node.Replicas(lid.Key, c.node.ReplicaCount()) {
 		if m.Name == c.node.Name() {
-			return c.lim.ReleaseID(ctx, lid)
+			return c.releaseOwned(ctx, lid)
 		}
 		resp, err := c.node.ForwardRelease(ctx, m, req)
 		c.cfg.Metrics.Forwarded("release", err)
@@ -232,15 +249,43 @@ func (c *Cluster) release(ctx context.Context, req *limiterv1.ReleaseRequest) (i
 	return 0, lastErr
 }
 
+// releaseOwned ends a lease held here, unless this node is handing its
+// keys over.
+func (c *Cluster) releaseOwned(ctx context.Context, lid limiter.LeaseID) (int64, error) {
+	c.gate.RLock()
+	defer c.gate.RUnlock()
+	if c.leaving.Load() {
+		return 0, errLeaving
+	}
+	return c.lim.ReleaseID(ctx, lid)
+}
+
 // AllowLocal implements cluster.Handler: a peer forwarded req to this node
 // as the key's owner.
 func (c *Cluster) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
-	if c.svc.Draining() {
-		return nil, toStatus(errDraining) // the peer tries the next replica
-	}
 	p, ok := c.lim.Policy(req.GetPolicy())
 	if !ok {
 		return nil, toStatus(fmt.Errorf("%w: %q", limiter.ErrUnknownPolicy, req.GetPolicy()))
+	}
+	if c.leaving.Load() {
+		// A node that left is no longer in its own ring: it must not pass
+		// calls on, or two nodes could hand a call back and forth.
+		return nil, toStatus(errLeaving)
+	}
+	// While membership converges the caller may know less than this node:
+	// pass the call on to the owner this node knows of. Each hop goes to a
+	// member of higher rendezvous weight for the key (every node counts
+	// itself, and a leaving node refuses above), so hops cannot loop.
+	if owner, self := c.node.Owner(req.GetKey()); !self && owner.Name != "" {
+		resp, err := c.node.Forward(ctx, owner, req)
+		c.cfg.Metrics.Forwarded("redirect", err)
+		if err == nil || !errors.Is(err, cluster.ErrOwnerUnavailable) {
+			if err != nil {
+				return nil, toStatus(err)
+			}
+			return resp, nil
+		}
+		// The owner is unreachable from here too: decide with this copy.
 	}
 	resp, err := c.allowOwned(ctx, req, p)
 	if err != nil {
@@ -251,10 +296,11 @@ func (c *Cluster) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (
 
 // ReleaseLocal implements cluster.Handler.
 func (c *Cluster) ReleaseLocal(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {
-	if c.svc.Draining() {
-		return nil, toStatus(errDraining)
+	lid, err := limiter.DecodeLeaseID(req.GetLeaseId())
+	if err != nil {
+		return nil, c.svc.fail("Peer.Release", "", err)
 	}
-	n, err := c.lim.Release(ctx, req.GetLeaseId())
+	n, err := c.releaseOwned(ctx, lid)
 	if err != nil {
 		return nil, c.svc.fail("Peer.Release", "", err)
 	}
@@ -275,8 +321,20 @@ func (c *Cluster) ApplyReplica(ctx context.Context, states []*limiterv1.KeyState
 	return nil
 }
 
-// ExportState implements cluster.Handler.
+// ExportState implements cluster.Handler. A new owner fetching its keys'
+// state may not be known here yet (gossip is still spreading its join):
+// then this node joins it first, so that from now on it routes the keys to
+// their new owner instead of deciding them, and the state it returns is the
+// last it decided.
 func (c *Cluster) ExportState(ctx context.Context, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		name, addr := first(md.Get(mdFromNode)), first(md.Get(mdFromGossip))
+		if name != "" && addr != "" && !c.knows(name) {
+			if _, err := c.node.Join(ctx, addr); err != nil {
+				c.cfg.Logger.Warn("join a new member that fetched state", "member", name, "err", err)
+			}
+		}
+	}
 	var out []*limiterv1.KeyState
 	for _, r := range refs {
 		if st, ok := c.lim.State(r.GetPolicy(), r.GetKey()); ok {
@@ -284,6 +342,29 @@ func (c *Cluster) ExportState(ctx context.Context, refs []*limiterv1.KeyRef) ([]
 		}
 	}
 	return out, nil
+}
+
+// Metadata a node sends with Fetch so the callee can join it.
+const (
+	mdFromNode   = "x-limiterd-from-node"
+	mdFromGossip = "x-limiterd-from-gossip"
+)
+
+func first(v []string) string {
+	if len(v) == 0 {
+		return ""
+	}
+	return v[0]
+}
+
+// knows reports whether name is in this node's ring.
+func (c *Cluster) knows(name string) bool {
+	for _, m := range c.node.Ring().Members() {
+		if m.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // KeyLocal implements cluster.Handler: an Admin read or reset routed here.
@@ -417,9 +498,18 @@ func (c *Cluster) OnChange(ch cluster.Change) {
 	c.push(moved, owners)
 }
 
-// Leave hands every key to its owner among the remaining members. Call it
-// after Node.Leave, while the Peer service still answers.
-func (c *Cluster) Leave(ctx context.Context) {
+// Leave takes this node out of the cluster without losing a hit: it stops
+// deciding (calls wait on the gate), sends the last changes to the
+// replicas, leaves the gossip ring, pushes every key to its owner among the
+// remaining members, and only then lets the waiting calls go, with
+// UNAVAILABLE, so their nodes retry on the new owner, which has the state.
+// Call it after Service.Drain, while the Peer service still answers.
+func (c *Cluster) Leave(ctx context.Context) error {
+	c.leaving.Store(true)
+	c.gate.Lock()
+	defer c.gate.Unlock()
+	c.replicateOnce()
+	err := c.node.Leave(ctx)
 	moved := map[string][]*limiterv1.KeyState{}
 	owners := map[string]cluster.Member{}
 	for _, ks := range c.lim.Export(nil) {
@@ -431,6 +521,7 @@ func (c *Cluster) Leave(ctx context.Context) {
 		owners[m.Name] = m
 	}
 	c.push(moved, owners)
+	return err
 }
 
 func (c *Cluster) push(moved map[string][]*limiterv1.KeyState, owners map[string]cluster.Member) {
