@@ -58,6 +58,9 @@ func (l *Limiter) Flush(ctx context.Context) error {
 	defer l.flushMu.Unlock()
 	ops := l.pending
 	l.pending = nil
+	// One buffer holds every value of this flush: bbolt needs them only
+	// until the commit, and one allocation beats one per key.
+	var buf []byte
 	for _, t := range *l.tables.Load() {
 		for i := range t.shards {
 			sh := &t.shards[i]
@@ -72,8 +75,13 @@ func (l *Limiter) Flush(ctx context.Context) error {
 				if e.gone || l.cfg.Store == nil {
 					continue
 				}
-				v, _ := e.st.AppendBinary(nil)
-				ops = append(ops, store.Op{Key: storeKey(t.name, e.key), Value: v})
+				start := len(buf)
+				buf = append(buf, t.name...)
+				buf = append(buf, 0)
+				buf = append(buf, e.key...)
+				mid := len(buf)
+				buf, _ = e.st.AppendBinary(buf)
+				ops = append(ops, store.Op{Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
 			}
 			sh.dirty = sh.dirty[:0]
 			if l.cfg.Store != nil {

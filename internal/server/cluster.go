@@ -96,6 +96,10 @@ func NewCluster(svc *Service, lim *limiter.Limiter, admin *Admin, cfg ClusterCon
 // calls through node and starts replication. Call Join after g serves.
 func (c *Cluster) Start(node peerNode, g *grpc.Server) {
 	c.node = node
+	// This node's own arrival is a change: while it was away, others may
+	// have decided its keys.
+	c.changedAt.Store(time.Now().UnixNano())
+	c.epoch.Store(1)
 	node.RegisterPeerService(g, c)
 	c.svc.cluster = c
 	if c.admin != nil {
@@ -475,8 +479,13 @@ func (c *Cluster) replicateOnce() {
 // membership epoch (keys are merged with their peers' copies on first use)
 // and pushes the keys this node no longer owns to their new owners.
 func (c *Cluster) OnChange(ch cluster.Change) {
-	c.changedAt.Store(time.Now().UnixNano())
-	c.epoch.Add(1)
+	// With rendezvous hashing another member's arrival moves keys only to
+	// it, never to this node; a departure may move its keys here. (This
+	// node's own arrival is counted by Start.)
+	if ch.Kind == cluster.MemberLeft {
+		c.changedAt.Store(time.Now().UnixNano())
+		c.epoch.Add(1)
+	}
 	if ch.Before == nil || ch.After == nil || ch.After.Len() == 0 {
 		return
 	}
