@@ -93,6 +93,12 @@ type Config struct {
 	// level, with memberlist's own "[WARN]" style prefixes). Default
 	// slog.Default().
 	Logger *slog.Logger
+
+	// Faults, for tests only, injects network partitions (see Faults):
+	// share one *Faults among the Nodes of a test. New registers this
+	// node's addresses with it and does not copy it. Default nil: no fault
+	// injection and no cost.
+	Faults *Faults
 }
 
 // DefaultConfig returns a Config with every optional field set to its

@@ -116,6 +116,9 @@ type forwarder struct {
 	mu     sync.Mutex
 	peers  map[string]*peer
 	closed bool
+
+	faults *Faults // test-only fault injection (fault.go); nil in production
+	self   string  // this node's name, for faults
 }
 
 func newForwarder(cfg Config, log *slog.Logger) *forwarder {
@@ -129,7 +132,8 @@ func newForwarder(cfg Config, log *slog.Logger) *forwarder {
 			}),
 		}
 	}
-	return &forwarder{size: cfg.BatchSize, wait: cfg.BatchWait, opts: opts, log: log, peers: make(map[string]*peer)}
+	return &forwarder{size: cfg.BatchSize, wait: cfg.BatchWait, opts: opts, log: log, peers: make(map[string]*peer),
+		faults: cfg.Faults, self: cfg.NodeName}
 }
 
 // peer is the client side of one member.
@@ -147,6 +151,9 @@ type peer struct {
 func (f *forwarder) peer(m Member) (*peer, error) {
 	if m.Name == "" || m.GRPCAddr == "" {
 		return nil, ErrNoMembers
+	}
+	if f.faults != nil && f.faults.Cut(f.self, m.Name) { // test-only fault injection (fault.go)
+		return nil, fmt.Errorf("%w: %s is across an injected partition", ErrOwnerUnavailable, m.Name)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

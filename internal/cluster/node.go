@@ -146,10 +146,15 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster: bind gossip %s: %w", cfg.GossipAddr, err)
 	}
 	bound := nt.GetAutoBindPort()
+	var tr memberlist.NodeAwareTransport = nt
+	if cfg.Faults != nil { // test-only fault injection (fault.go); nil in production
+		cfg.Faults.register(cfg.NodeName, net.JoinHostPort(host, strconv.Itoa(bound)), cfg.GRPCAddr)
+		tr = cfg.Faults.wrapTransport(nt, cfg.NodeName)
+	}
 
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.NodeName
-	mc.Transport = nt
+	mc.Transport = tr
 	mc.BindAddr = host
 	mc.BindPort = bound // also the default port for Join addresses without one
 	mc.AdvertisePort = bound
@@ -174,11 +179,14 @@ func New(cfg Config) (*Node, error) {
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
-		_ = nt.Shutdown()
+		_ = tr.Shutdown()
 		n.events.stop()
 		return nil, fmt.Errorf("cluster: start memberlist: %w", err)
 	}
 	n.ml = ml
+	if cfg.Faults != nil { // test-only: the advertised address too, when it differs
+		cfg.Faults.register(cfg.NodeName, n.GossipAddr())
+	}
 	log.Debug("cluster node started", "gossip", n.GossipAddr(), "grpc", cfg.GRPCAddr)
 	return n, nil
 }
