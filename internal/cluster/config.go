@@ -74,6 +74,13 @@ type Config struct {
 	ProbeTimeout     time.Duration
 	PushPullInterval time.Duration
 
+	// ReconnectInterval is how often a node tries to join members that
+	// died (and its Join addresses while it is alone), so the cluster heals
+	// after a partition. Default 5s; must be positive.
+	ReconnectInterval time.Duration
+	// ReconnectTimeout is how long a dead member is tried. Default 24h.
+	ReconnectTimeout time.Duration
+
 	// Hash scores a member for a key in rendezvous hashing. Default nil
 	// uses a fast 64-bit hash; tests pass a trivial one.
 	Hash HashFunc
@@ -105,16 +112,18 @@ type Config struct {
 // default. NodeName and GRPCAddr are left empty.
 func DefaultConfig() Config {
 	return Config{
-		GossipAddr:       "127.0.0.1:7946",
-		Replicas:         2,
-		BatchSize:        64,
-		BatchWait:        200 * time.Microsecond,
-		ForwardTimeout:   2 * time.Second,
-		GossipInterval:   200 * time.Millisecond,
-		ProbeInterval:    time.Second,
-		ProbeTimeout:     500 * time.Millisecond,
-		PushPullInterval: 30 * time.Second,
-		Logger:           slog.Default(),
+		GossipAddr:        "127.0.0.1:7946",
+		Replicas:          2,
+		BatchSize:         64,
+		BatchWait:         200 * time.Microsecond,
+		ForwardTimeout:    2 * time.Second,
+		GossipInterval:    200 * time.Millisecond,
+		ProbeInterval:     time.Second,
+		ProbeTimeout:      500 * time.Millisecond,
+		PushPullInterval:  30 * time.Second,
+		ReconnectInterval: 5 * time.Second,
+		ReconnectTimeout:  24 * time.Hour,
+		Logger:            slog.Default(),
 	}
 }
 
@@ -137,6 +146,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("cluster: ForwardTimeout is %v, want more than zero", c.ForwardTimeout)
 	case c.GossipInterval <= 0, c.ProbeInterval <= 0, c.ProbeTimeout <= 0, c.PushPullInterval <= 0:
 		return errors.New("cluster: GossipInterval, ProbeInterval, ProbeTimeout and PushPullInterval must be positive")
+	case c.ReconnectInterval <= 0 || c.ReconnectTimeout <= 0:
+		return errors.New("cluster: ReconnectInterval and ReconnectTimeout must be positive")
 	case c.Logger == nil:
 		return errors.New("cluster: Logger is nil")
 	}

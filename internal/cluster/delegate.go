@@ -54,6 +54,7 @@ func (e *eventDelegate) NotifyLeave(nd *memberlist.Node) {
 	n := (*Node)(e)
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.lostLocked(nd)
 	m, ok := n.members[nd.Name]
 	if !ok {
 		return

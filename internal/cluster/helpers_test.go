@@ -39,6 +39,7 @@ func testConfig(name string) Config {
 	cfg.ProbeInterval = 200 * time.Millisecond
 	cfg.ProbeTimeout = 100 * time.Millisecond
 	cfg.PushPullInterval = 500 * time.Millisecond
+	cfg.ReconnectInterval = 100 * time.Millisecond
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	return cfg
 }

@@ -104,6 +104,10 @@ type Node struct {
 
 	life   sync.Mutex // serialises Leave and Shutdown; memberlist panics on Leave after Shutdown
 	closed atomic.Bool
+
+	lost          map[string]lostMember // members that died, to rejoin (reconnect.go); under mu
+	reconnectStop chan struct{}
+	reconnectDone chan struct{}
 }
 
 // New validates cfg, binds the gossip listener and starts memberlist. The
@@ -124,11 +128,14 @@ func New(cfg Config) (*Node, error) {
 	}
 	log := cfg.Logger.With("node", cfg.NodeName)
 	n := &Node{
-		cfg:     cfg,
-		log:     log,
-		meta:    meta,
-		members: make(map[string]Member),
-		events:  newDispatcher(),
+		cfg:           cfg,
+		log:           log,
+		meta:          meta,
+		members:       make(map[string]Member),
+		lost:          make(map[string]lostMember),
+		reconnectStop: make(chan struct{}),
+		reconnectDone: make(chan struct{}),
+		events:        newDispatcher(),
 	}
 	n.ring.Store(NewRing(cfg.NodeName, nil, cfg.Hash))
 	n.policies.m = make(map[string]PolicyEntry)
@@ -184,6 +191,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start memberlist: %w", err)
 	}
 	n.ml = ml
+	go n.reconnectLoop()
 	if cfg.Faults != nil { // test-only: the advertised address too, when it differs
 		cfg.Faults.register(cfg.NodeName, n.GossipAddr())
 	}
@@ -286,10 +294,22 @@ func (n *Node) Leave(ctx context.Context) error {
 	}
 	err := n.ml.Leave(timeout)
 	n.removeSelf()
+	n.stopReconnect()
 	if err != nil {
 		return fmt.Errorf("cluster: leave: %w", err)
 	}
 	return nil
+}
+
+// stopReconnect ends the reconnect loop and waits for it; safe to call
+// twice.
+func (n *Node) stopReconnect() {
+	select {
+	case <-n.reconnectStop:
+	default:
+		close(n.reconnectStop)
+	}
+	<-n.reconnectDone
 }
 
 // removeSelf takes this node out of its own ring after Leave, in case
@@ -314,6 +334,7 @@ func (n *Node) Shutdown() error {
 	if n.closed.Swap(true) {
 		return nil
 	}
+	n.stopReconnect()
 	err := n.ml.Shutdown()
 	n.fw.close()
 	n.events.stop()

@@ -21,6 +21,7 @@ func fastGossip(c *cluster.Config) {
 	c.ProbeInterval = 100 * time.Millisecond
 	c.ProbeTimeout = 50 * time.Millisecond
 	c.PushPullInterval = 200 * time.Millisecond
+	c.ReconnectInterval = 100 * time.Millisecond
 }
 
 var testPolicies = []policy.Policy{

@@ -240,10 +240,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if len(cfg.Join) > 0 {
 			if _, err := m.node.Join(ctx); err != nil {
 				// Serve alone meanwhile: in a StatefulSet the other members
-				// may not be up yet. Keep trying in the background.
+				// may not be up yet. The node's reconnect loop keeps trying.
 				cfg.Logger.Warn("join failed; serving alone and retrying", "join", cfg.Join, "err", err)
-				m.wg.Add(1)
-				go func() { defer m.wg.Done(); m.retryJoin(runCtx) }()
 			}
 		}
 		m.glue.PublishPolicies()
@@ -336,25 +334,6 @@ func (m *Main) peerDialOptions() []grpc.DialOption {
 		opts = append(opts, grpc.WithPerRPCCredentials(auth.PeerCredentials(m.cfg.PeerSecret)))
 	}
 	return opts
-}
-
-// retryJoin tries Config.Join every second until one member answers or ctx
-// ends.
-func (m *Main) retryJoin(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if n, err := m.node.Join(ctx); err == nil && n > 0 {
-				m.cfg.Logger.Info("joined the cluster", "members", len(m.node.Members()))
-				m.glue.PublishPolicies()
-				return
-			}
-		}
-	}
 }
 
 func hostname() string {
