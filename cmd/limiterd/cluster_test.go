@@ -28,18 +28,23 @@ const clusterPolicies = `policies:
 // node is one limiterd process of a test cluster, restartable with the same
 // name and data.
 type node struct {
-	name string
-	dir  string
-	p    *proc
+	name   string
+	dir    string
+	gossip string // kept across restarts, as a real deployment's address is
+	p      *proc
 }
 
 func (n *node) start(t *testing.T, cfgFile string, join string) {
 	t.Helper()
 	args := []string{"--node-name", n.name, "--data-dir", n.dir, "--config", cfgFile}
+	if n.gossip != "" {
+		args = append(args, "--gossip-addr", n.gossip)
+	}
 	if join != "" {
 		args = append(args, "--join", join)
 	}
 	n.p = startProc(t, args...)
+	n.gossip = n.p.gossip
 }
 
 // startProcCluster starts n limiterd processes joined into one cluster and
