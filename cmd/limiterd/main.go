@@ -71,6 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 	fs.DurationVar(&cfg.FlushInterval, "flush-interval", cfg.FlushInterval, "write-behind `interval`; a kill -9 forgets at most this much of hits")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long shutdown waits for in-flight calls")
 	fs.IntVar(&cfg.MaxInFlight, "max-in-flight", 8192, "calls answered at once; beyond it UNAVAILABLE (overloaded) at once")
+	fs.IntVar(&cfg.MaxKeys, "max-keys", cfg.MaxKeys, "in-memory budget in `keys` (~420 bytes each); beyond it keys are paged out to bbolt, never dropped (0: no budget)")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve /debug/pprof/ on --http-addr")
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "cluster member `name`; unique")
 	fs.StringVar(&cfg.GossipAddr, "gossip-addr", cfg.GossipAddr, "memberlist bind `address`; empty runs a single node without gossip")
@@ -125,6 +126,9 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 		if cfg.GossipAddr == "" {
 			return cfg, fmt.Errorf("--join needs --gossip-addr")
 		}
+	}
+	if cfg.MaxKeys < 0 {
+		return cfg, fmt.Errorf("--max-keys: %d must not be negative", cfg.MaxKeys)
 	}
 	if cfg.Replicas < 1 {
 		return cfg, fmt.Errorf("--replicas: %d must be at least 1", cfg.Replicas)

@@ -57,6 +57,9 @@ type Config struct {
 	FlushInterval time.Duration
 	// DrainTimeout bounds the wait for in-flight calls at Close. Default 10s.
 	DrainTimeout time.Duration
+	// MaxKeys is the in-memory budget in keys; beyond it, keys are paged
+	// out to bbolt and read back when used. 0 means no budget.
+	MaxKeys int
 	// MaxInFlight bounds the calls answered at once (UNAVAILABLE beyond).
 	// 0 means the server's default (8192).
 	MaxInFlight int
@@ -171,6 +174,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.metrics = metrics.New(func() float64 { return float64(m.lim.Keys()) })
 	lcfg.OnFlush = m.metrics.Flush
 	lcfg.Replicate = cfg.GossipAddr != ""
+	lcfg.MaxKeys = cfg.MaxKeys
 	if m.lim, err = limiter.New(lcfg); err != nil {
 		return err
 	}

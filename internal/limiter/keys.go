@@ -33,7 +33,7 @@ func (l *Limiter) Usage(policyName, key string) (Usage, error) {
 	sh := t.shard(l.seed, key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.m[key]
+	e := l.get(t, sh, key, false)
 	if e == nil {
 		return Usage{}, fmt.Errorf("%w: %q under %q", ErrKeyNotFound, key, t.name)
 	}
@@ -56,7 +56,7 @@ func (l *Limiter) Reset(ctx context.Context, policyName, key string) error {
 	}
 	sh := t.shard(l.seed, key)
 	sh.mu.Lock()
-	e := sh.m[key]
+	e := l.get(t, sh, key, false)
 	if e != nil {
 		delete(sh.m, key)
 		e.gone = true

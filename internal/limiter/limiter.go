@@ -62,6 +62,11 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives flush errors and start-up notes. Default slog.Default().
 	Logger *slog.Logger
+	// MaxKeys is the in-memory budget, in keys (about 420 bytes each for
+	// the default policy). Beyond it, flushed keys holding no lease are
+	// paged out to Store and read back when next used: never dropped while
+	// their window is live. 0 means no budget. Needs a Store.
+	MaxKeys int
 	// Replicate queues every key changed by Allow or Release for
 	// TakeChanged, so a cluster can send it to the key's replicas.
 	Replicate bool
@@ -94,6 +99,10 @@ func (c Config) Validate() error {
 		return errors.New("limiter: Now is nil")
 	case c.Logger == nil:
 		return errors.New("limiter: Logger is nil")
+	case c.MaxKeys < 0:
+		return fmt.Errorf("limiter: MaxKeys %d must not be negative", c.MaxKeys)
+	case c.MaxKeys > 0 && c.Store == nil:
+		return errors.New("limiter: MaxKeys needs a Store to page keys out to")
 	}
 	for _, p := range c.Policies {
 		if err := p.Validate(); err != nil {
@@ -154,6 +163,9 @@ type Limiter struct {
 	done    chan struct{}
 	running atomic.Bool
 	closed  atomic.Bool
+
+	paged  atomic.Bool // some key was paged out: misses look in the store
+	sweeps int         // Sweep runs, to scan the store every few; under flushMu
 }
 
 // table holds the keys of one policy.
@@ -181,10 +193,36 @@ type shard struct {
 type entry struct {
 	key       string
 	st        window.State
-	synced    uint64 // cluster membership epoch the key was last merged at
-	dirty     bool   // queued on the shard's dirty list
-	replDirty bool   // queued on the shard's replication list
-	gone      bool   // swept; skip when flushing
+	synced    uint64       // cluster membership epoch the key was last merged at
+	syncing   atomic.Int32 // SyncAlways writes under way; not evictable meanwhile
+	dirty     bool         // queued on the shard's dirty list
+	replDirty bool         // queued on the shard's replication list
+	gone      bool         // swept; skip when flushing
+}
+
+// get returns key's entry, reading it back from the store when keys have
+// been paged out, and creating it when create is set. sh.mu is held.
+func (l *Limiter) get(t *table, sh *shard, key string, create bool) *entry {
+	if e := sh.m[key]; e != nil {
+		return e
+	}
+	if l.paged.Load() {
+		if v, err := l.cfg.Store.Get(store.KindState, storeKey(t.name, key)); err == nil {
+			var st window.State
+			if err := st.UnmarshalBinary(v); err == nil {
+				e := &entry{key: key, st: st}
+				sh.m[key] = e
+				return e
+			}
+			l.cfg.Logger.Error("paged-out state does not decode; counting from its copy in memory only", "key", key)
+		}
+	}
+	if !create {
+		return nil
+	}
+	e := &entry{key: key}
+	sh.m[key] = e
+	return e
 }
 
 // New returns a Limiter with cfg's policies and, when cfg.Store is set, the
@@ -292,14 +330,10 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 	sh := t.shard(l.seed, req.Key)
 
 	sh.mu.Lock()
-	e := sh.m[req.Key]
+	e := l.get(t, sh, req.Key, !req.DryRun)
 	var scratch window.State
 	st := &scratch
 	if e != nil {
-		st = &e.st
-	} else if !req.DryRun {
-		e = &entry{key: req.Key}
-		sh.m[req.Key] = e
 		st = &e.st
 	}
 	d := st.Window.Peek(&c.rate, now, hits)
@@ -336,6 +370,8 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 		l.markChanged(sh, e)
 		if l.cfg.SyncAlways && l.cfg.Store != nil {
 			snapshot, _ = st.AppendBinary(nil)
+			e.syncing.Add(1)
+			defer e.syncing.Add(-1)
 		} else {
 			sh.markDirty(e)
 		}
@@ -375,7 +411,7 @@ func (l *Limiter) ReleaseID(ctx context.Context, lid LeaseID) (inFlight int64, e
 	now := l.cfg.Now()
 	sh := t.shard(l.seed, lid.Key)
 	sh.mu.Lock()
-	e := sh.m[lid.Key]
+	e := l.get(t, sh, lid.Key, false)
 	if e == nil {
 		sh.mu.Unlock()
 		return 0, ErrLeaseNotFound
@@ -388,6 +424,8 @@ func (l *Limiter) ReleaseID(ctx context.Context, lid LeaseID) (inFlight int64, e
 		l.markChanged(sh, e)
 		if l.cfg.SyncAlways && l.cfg.Store != nil {
 			snapshot, _ = e.st.AppendBinary(nil)
+			e.syncing.Add(1)
+			defer e.syncing.Add(-1)
 		} else {
 			sh.markDirty(e)
 		}

@@ -107,14 +107,100 @@ func (l *Limiter) Flush(ctx context.Context) error {
 	if l.cfg.OnFlush != nil {
 		l.cfg.OnFlush(time.Since(start), len(ops))
 	}
+	l.evictLocked()
 	return nil
 }
 
+// evictLocked pages keys out of memory down to 90% of MaxKeys. Only keys
+// whose state is in the store as it is in memory go: not dirty, no
+// SyncAlways write under way, and no lease (a lease's Release must find
+// it). Go's map order picks the victims at random. flushMu is held, so no
+// flush is between taking a key's state and committing it.
+func (l *Limiter) evictLocked() {
+	if l.cfg.MaxKeys <= 0 || l.cfg.Store == nil {
+		return
+	}
+	total := l.Keys()
+	if total <= l.cfg.MaxKeys {
+		return
+	}
+	excess := total - l.cfg.MaxKeys*9/10
+	evicted := 0
+	for _, t := range *l.tables.Load() {
+		for i := range t.shards {
+			sh := &t.shards[i]
+			sh.mu.Lock()
+			quota := (excess*len(sh.m) + total - 1) / total
+			for k, e := range sh.m {
+				if quota <= 0 {
+					break
+				}
+				if e.dirty || e.syncing.Load() > 0 || e.st.Leases.Len() > 0 {
+					continue
+				}
+				l.paged.Store(true) // before the key leaves memory, so a miss looks in the store
+				delete(sh.m, k)
+				quota--
+				evicted++
+			}
+			sh.mu.Unlock()
+		}
+	}
+	l.cfg.Logger.Debug("paged keys out to the store", "keys", evicted, "budget", l.cfg.MaxKeys)
+}
+
+// sweepStore deletes expired records of keys paged out of memory. It reads
+// the whole store, so Sweep runs it only every few sweeps, and only once
+// keys have been paged out (otherwise memory holds every live key).
+func (l *Limiter) sweepStore() {
+	now := l.cfg.Now()
+	tables := *l.tables.Load()
+	var ops []store.Op
+	err := l.cfg.Store.ForEach(store.KindState, func(k, v []byte) error {
+		pname, key, ok := splitStoreKey(k)
+		t := tables[pname]
+		if !ok || t == nil {
+			return nil
+		}
+		var st window.State
+		if st.UnmarshalBinary(v) != nil {
+			return nil
+		}
+		c := t.cfg.Load()
+		if st.Leases.InFlight(now) > 0 || !st.Window.Empty(&c.rate, now) {
+			return nil
+		}
+		sh := t.shard(l.seed, key)
+		sh.mu.Lock()
+		_, inMemory := sh.m[key]
+		sh.mu.Unlock()
+		if !inMemory {
+			ops = append(ops, store.Op{Key: append([]byte(nil), k...), Value: append([]byte(nil), v...)})
+		}
+		return nil
+	})
+	if err == nil && len(ops) > 0 {
+		// Only records nobody wrote since: a key used again meanwhile keeps
+		// its new record.
+		_, err = l.cfg.Store.DeleteUnchanged(context.Background(), store.KindState, ops)
+	}
+	if err != nil {
+		l.cfg.Logger.Error("sweep paged-out keys", "err", err)
+	}
+}
+
 // Sweep forgets every key whose window is empty and which holds no lease, in
-// memory now and in the store at the next flush. It returns how many keys it
-// forgot.
+// memory now and in the store at the next flush (keys paged out of memory:
+// every sixth sweep). It returns how many keys it forgot from memory.
 func (l *Limiter) Sweep() int {
 	now := l.cfg.Now()
+	l.flushMu.Lock()
+	l.sweeps++
+	scanStore := l.paged.Load() && l.sweeps%6 == 0
+	l.flushMu.Unlock()
+	if scanStore {
+		l.sweepStore()
+	}
 	n := 0
 	for _, t := range *l.tables.Load() {
 		c := t.cfg.Load()

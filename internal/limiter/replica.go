@@ -67,7 +67,7 @@ func (l *Limiter) State(policyName, key string) ([]byte, bool) {
 	sh := t.shard(l.seed, key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.m[key]
+	e := l.get(t, sh, key, false)
 	if e == nil {
 		return nil, false
 	}
@@ -98,11 +98,7 @@ func (l *Limiter) Merge(ks KeyState, replaceLeases bool, epoch uint64) error {
 	sh := t.shard(l.seed, ks.Key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.m[ks.Key]
-	if e == nil {
-		e = &entry{key: ks.Key}
-		sh.m[ks.Key] = e
-	}
+	e := l.get(t, sh, ks.Key, true)
 	if len(ks.State) > 0 {
 		e.st.Merge(&c.rate, &in, replaceLeases)
 		sh.markDirty(e)

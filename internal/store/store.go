@@ -153,6 +153,36 @@ func (db *DB) Write(ctx context.Context, kind Kind, ops []Op) error {
 	return nil
 }
 
+// DeleteUnchanged deletes, in one transaction, each op.Key of kind whose
+// stored value still equals op.Value, and returns how many it deleted. A
+// record written again since the caller read it is kept: a background
+// clean-up can never delete what a concurrent writer just stored.
+func (db *DB) DeleteUnchanged(ctx context.Context, kind Kind, ops []Op) (int, error) {
+	if err := db.checkWrite(ctx, kind, ops); err != nil {
+		return 0, fmt.Errorf("store: delete %d records of %s: %w", len(ops), kind, err)
+	}
+	n := 0
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(kind))
+		if b == nil {
+			return fmt.Errorf("%w: %q", ErrBadKind, kind)
+		}
+		for _, op := range ops {
+			if v := b.Get(op.Key); v != nil && bytes.Equal(v, op.Value) {
+				if err := b.Delete(op.Key); err != nil {
+					return err
+				}
+				n++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: delete %d records of %s in %s: %w", len(ops), kind, db.path, db.mapErr(err))
+	}
+	return n, nil
+}
+
 // WriteSync applies ops to kind through bbolt's DB.Batch, so concurrent
 // callers share one commit and one fsync (group commit). It returns after
 // the commit, when the ops are durable (unless Config.NoSync is set).

@@ -757,3 +757,25 @@ func BenchmarkWriteSync(b *testing.B) {
 		}
 	})
 }
+
+func TestDeleteUnchanged(t *testing.T) {
+	db := mustOpen(t)
+	ctx := context.Background()
+	if err := db.Write(ctx, KindState, []Op{{Key: []byte("a"), Value: []byte("1")}, {Key: []byte("b"), Value: []byte("1")}}); err != nil {
+		t.Fatal(err)
+	}
+	// b was written again after the caller read "1".
+	if err := db.Write(ctx, KindState, []Op{{Key: []byte("b"), Value: []byte("2")}}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := db.DeleteUnchanged(ctx, KindState, []Op{{Key: []byte("a"), Value: []byte("1")}, {Key: []byte("b"), Value: []byte("1")}, {Key: []byte("c"), Value: []byte("1")}})
+	if err != nil || n != 1 {
+		t.Fatalf("DeleteUnchanged() = %d, %v, want 1, nil", n, err)
+	}
+	if _, err := db.Get(KindState, []byte("a")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a survived: %v", err)
+	}
+	if v, err := db.Get(KindState, []byte("b")); err != nil || string(v) != "2" {
+		t.Errorf("b = %q, %v, want the newer value kept", v, err)
+	}
+}
