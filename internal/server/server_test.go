@@ -252,3 +252,22 @@ func TestOverloadIsUnavailable(t *testing.T) {
 		t.Errorf("first call error = %v", err)
 	}
 }
+
+func TestExpiredAndCancelledCalls(t *testing.T) {
+	h := startServer(t)
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	if _, err := h.client.Allow(expired, &limiterv1.AllowRequest{Key: "k"}); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("Allow() with an expired deadline: %v, want DeadlineExceeded", err)
+	}
+	cancelled, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if _, err := h.client.Allow(cancelled, &limiterv1.AllowRequest{Key: "k"}); status.Code(err) != codes.Canceled {
+		t.Errorf("Allow() on a cancelled context: %v, want Canceled", err)
+	}
+	// Neither counted a hit.
+	res, err := h.client.Allow(context.Background(), &limiterv1.AllowRequest{Key: "k", DryRun: true})
+	if err != nil || res.GetRemaining() != 599 {
+		t.Errorf("after the failed calls: %v, %v, want 599 remaining for a dry run of 1", res, err)
+	}
+}
