@@ -136,6 +136,9 @@ func (s *Service) Allow(ctx context.Context, req *limiterv1.AllowRequest) (*limi
 	if s.draining.Load() {
 		return nil, toStatus(errDraining)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, toStatus(err) // the caller gave up: count nothing
+	}
 	var resp *limiterv1.AllowResponse
 	var err error
 	if s.cluster != nil {

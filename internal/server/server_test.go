@@ -265,7 +265,14 @@ func TestExpiredAndCancelledCalls(t *testing.T) {
 	if _, err := h.client.Allow(cancelled, &limiterv1.AllowRequest{Key: "k"}); status.Code(err) != codes.Canceled {
 		t.Errorf("Allow() on a cancelled context: %v, want Canceled", err)
 	}
-	// Neither counted a hit.
+	// The same reach the service itself (a deadline that ran out in transit).
+	if _, err := h.svc.Allow(expired, &limiterv1.AllowRequest{Key: "k"}); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("Service.Allow() with an expired deadline: %v, want DeadlineExceeded", err)
+	}
+	if _, err := h.svc.Allow(cancelled, &limiterv1.AllowRequest{Key: "k"}); status.Code(err) != codes.Canceled {
+		t.Errorf("Service.Allow() on a cancelled context: %v, want Canceled", err)
+	}
+	// None counted a hit.
 	res, err := h.client.Allow(context.Background(), &limiterv1.AllowRequest{Key: "k", DryRun: true})
 	if err != nil || res.GetRemaining() != 599 {
 		t.Errorf("after the failed calls: %v, %v, want 599 remaining for a dry run of 1", res, err)
