@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -43,6 +44,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	tuneGC(cfg.GCPercent, cfg.MemoryLimitMB)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	m := daemon.New(cfg)
@@ -86,6 +88,8 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 	tlsClientCA := fs.String("tls-client-ca", "", "PEM CA `file`: clients must present a certificate it signed (mTLS)")
 	peerCA := fs.String("peer-ca", "", "PEM CA `file` that signed the other nodes' certificates (dial peers over TLS)")
 	peerSecretFile := fs.String("peer-secret-file", "", "`file` holding the cluster secret this node presents to its peers")
+	gogc := fs.Int("gogc", 400, "garbage collector target percentage, when the GOGC environment variable is unset (Go's default is 100)")
+	memLimitMB := fs.Int64("memory-limit-mb", 2048, "soft memory limit in MiB for the garbage collector, when GOMEMLIMIT is unset (0: none)")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 	logFormat := fs.String("log-format", "text", "log `format`: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -143,6 +147,7 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 		}
 		cfg.GossipKey = key
 	}
+	cfg.GCPercent, cfg.MemoryLimitMB = *gogc, *memLimitMB
 	if *configFile != "" {
 		ps, err := policy.Load(*configFile)
 		if err != nil {
@@ -216,3 +221,18 @@ func readGossipKey(path string) ([]byte, error) {
 }
 
 func validKeyLen(n int) bool { return n == 16 || n == 24 || n == 32 }
+
+// tuneGC sets the collector's target and soft memory limit unless the GOGC
+// and GOMEMLIMIT environment variables say otherwise. Most of what
+// limiterd allocates per call is garbage at once while the live heap (key
+// state) can be small, so Go's default GOGC=100 runs the collector many
+// times a second; a higher target with a soft memory limit trades idle
+// memory for CPU per call (README, Performance) and still bounds the heap.
+func tuneGC(percent int, limitMB int64) {
+	if os.Getenv("GOGC") == "" && percent != 0 {
+		debug.SetGCPercent(percent)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" && limitMB > 0 {
+		debug.SetMemoryLimit(limitMB << 20)
+	}
+}

@@ -63,6 +63,10 @@ type Config struct {
 	// MaxInFlight bounds the calls answered at once (UNAVAILABLE beyond).
 	// 0 means the server's default (8192).
 	MaxInFlight int
+	// GCPercent and MemoryLimitMB tune the Go collector. The daemon does
+	// not apply them (they are process-wide); cmd/limiterd does.
+	GCPercent     int
+	MemoryLimitMB int64
 	// Pprof serves /debug/pprof/ on the HTTP listener.
 	Pprof bool
 	// NodeName names this member of the cluster; unique. Default the host
