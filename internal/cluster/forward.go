@@ -91,6 +91,21 @@ func (n *Node) Fetch(ctx context.Context, member Member, refs []*limiterv1.KeyRe
 	return resp.GetStates(), nil
 }
 
+// KeysHeld asks member how many keys it holds state for (a Handler that
+// implements KeysHeld() int64 answers; others report 0).
+func (n *Node) KeysHeld(ctx context.Context, member Member) (int64, error) {
+	p, err := n.fw.peer(member)
+	var resp *limiterv1.FetchStateResponse
+	if err == nil {
+		resp, err = p.client.FetchState(ctx, &limiterv1.FetchStateRequest{})
+		err = callError(ctx, member.Name, err)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("keys held by %s: %w", member.Name, err)
+	}
+	return resp.GetKeysHeld(), nil
+}
+
 // Key reads or resets one key on member (Admin calls). Errors as for
 // Replicate.
 func (n *Node) Key(ctx context.Context, member Member, req *limiterv1.PeerKeyRequest) (*limiterv1.KeyInfo, error) {

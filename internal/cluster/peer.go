@@ -102,7 +102,11 @@ func (s *peerServer) FetchState(ctx context.Context, req *limiterv1.FetchStateRe
 	if err != nil {
 		return nil, toRPCStatus(err)
 	}
-	return &limiterv1.FetchStateResponse{States: states}, nil
+	resp := &limiterv1.FetchStateResponse{States: states}
+	if kh, ok := s.h.(interface{ KeysHeld() int64 }); ok {
+		resp.KeysHeld = kh.KeysHeld()
+	}
+	return resp, nil
 }
 
 // runAll calls f(0..n-1), concurrently when there is more than one.

@@ -246,7 +246,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	if m.node != nil {
 		if len(cfg.Join) > 0 {
-			if _, err := m.node.Join(ctx); err != nil {
+			if _, err := m.node.Join(ctx); err == nil {
+				m.glue.Joined(ctx)
+			} else {
 				// Serve alone meanwhile: in a StatefulSet the other members
 				// may not be up yet. The node's reconnect loop keeps trying.
 				cfg.Logger.Warn("join failed; serving alone and retrying", "join", cfg.Join, "err", err)

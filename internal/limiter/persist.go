@@ -221,6 +221,9 @@ func (l *Limiter) Sweep() int {
 	return n
 }
 
+// Paged reports whether some key was paged out to the store.
+func (l *Limiter) Paged() bool { return l.paged.Load() }
+
 // Keys returns the number of keys held in memory.
 func (l *Limiter) Keys() int {
 	n := 0

@@ -34,6 +34,7 @@ type peerNode interface {
 	PushState(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
 	Fetch(ctx context.Context, m cluster.Member, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error)
 	Key(ctx context.Context, m cluster.Member, req *limiterv1.PeerKeyRequest) (*limiterv1.KeyInfo, error)
+	KeysHeld(ctx context.Context, m cluster.Member) (int64, error)
 	SetPolicy(name string, data []byte, version uint64) error
 	DeletePolicy(name string, version uint64) error
 	Leave(ctx context.Context) error
@@ -121,6 +122,42 @@ func (c *Cluster) Stop() {
 	}
 	close(c.stop)
 	c.done.Wait()
+}
+
+// KeysHeld reports how many keys this node holds state for; a paged-out
+// store counts as at least one. Peers ask it right after they join.
+func (c *Cluster) KeysHeld() int64 {
+	n := int64(c.lim.Keys())
+	if n == 0 && c.lim.Paged() {
+		n = 1
+	}
+	return n
+}
+
+// Joined is called once this node has joined the cluster at start. When no
+// other member holds any key state (a cluster forming from scratch), no key
+// this node owns can have a past elsewhere, so the merge before each key's
+// first decision is skipped. Any failure to ask keeps it on.
+func (c *Cluster) Joined(ctx context.Context) {
+	if !c.peersHoldState(ctx) {
+		c.epoch.CompareAndSwap(1, 0)
+	}
+}
+
+// peersHoldState reports whether any other member holds key state, or
+// could not be asked.
+func (c *Cluster) peersHoldState(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.SyncTimeout*4)
+	defer cancel()
+	for _, m := range c.node.Members() {
+		if m.Name == c.node.Name() {
+			continue
+		}
+		if n, err := c.node.KeysHeld(ctx, m); err != nil || n > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // allow routes req to the key's owner, or the next live replica.
@@ -482,7 +519,11 @@ func (c *Cluster) OnChange(ch cluster.Change) {
 	// With rendezvous hashing another member's arrival moves keys only to
 	// it, never to this node; a departure may move its keys here. (This
 	// node's own arrival is counted by Start.)
-	if ch.Kind == cluster.MemberLeft {
+	// If this node was alone, the arrival is this node joining a cluster
+	// (a join that failed at start and succeeded later, or a healed
+	// partition): its keys may have a past elsewhere.
+	joinedCluster := ch.Kind == cluster.MemberJoined && ch.Before != nil && ch.Before.Len() <= 1
+	if ch.Kind == cluster.MemberLeft || joinedCluster && c.peersHoldState(context.Background()) {
 		c.changedAt.Store(time.Now().UnixNano())
 		c.epoch.Add(1)
 	}

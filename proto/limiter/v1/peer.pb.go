@@ -899,8 +899,12 @@ func (x *FetchStateRequest) GetRefs() []*KeyRef {
 // FetchStateResponse holds the state the callee has; keys it does not know
 // are left out.
 type FetchStateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	States        []*KeyState            `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	States []*KeyState            `protobuf:"bytes,1,rep,name=states,proto3" json:"states,omitempty"`
+	// keys_held is how many keys the callee holds state for (at least 1 when
+	// some are paged out to disk); a node that just joined a cluster whose
+	// members hold none knows no key of its has a past elsewhere.
+	KeysHeld      int64 `protobuf:"varint,2,opt,name=keys_held,json=keysHeld,proto3" json:"keys_held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -940,6 +944,13 @@ func (x *FetchStateResponse) GetStates() []*KeyState {
 		return x.States
 	}
 	return nil
+}
+
+func (x *FetchStateResponse) GetKeysHeld() int64 {
+	if x != nil {
+		return x.KeysHeld
+	}
+	return 0
 }
 
 // PushStateRequest hands keys to their new owner.
@@ -1246,9 +1257,10 @@ const file_limiter_v1_peer_proto_rawDesc = "" +
 	"\x06states\x18\x01 \x03(\v2\x14.limiter.v1.KeyStateR\x06states\"\x13\n" +
 	"\x11ReplicateResponse\";\n" +
 	"\x11FetchStateRequest\x12&\n" +
-	"\x04refs\x18\x01 \x03(\v2\x12.limiter.v1.KeyRefR\x04refs\"B\n" +
+	"\x04refs\x18\x01 \x03(\v2\x12.limiter.v1.KeyRefR\x04refs\"_\n" +
 	"\x12FetchStateResponse\x12,\n" +
-	"\x06states\x18\x01 \x03(\v2\x14.limiter.v1.KeyStateR\x06states\"@\n" +
+	"\x06states\x18\x01 \x03(\v2\x14.limiter.v1.KeyStateR\x06states\x12\x1b\n" +
+	"\tkeys_held\x18\x02 \x01(\x03R\bkeysHeld\"@\n" +
 	"\x10PushStateRequest\x12,\n" +
 	"\x06states\x18\x01 \x03(\v2\x14.limiter.v1.KeyStateR\x06states\"\x13\n" +
 	"\x11PushStateResponse\"A\n" +
