@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
@@ -52,8 +53,11 @@ func (n *Node) ForwardRelease(ctx context.Context, member Member, req *limiterv1
 // does its own batching and runs it off the request path.
 func (n *Node) Replicate(ctx context.Context, member Member, states []*limiterv1.KeyState) error {
 	p, err := n.fw.peer(member)
-	if err == nil {
-		_, err = p.client.Replicate(ctx, &limiterv1.ReplicateRequest{States: states})
+	for _, chunk := range chunks(states) {
+		if err != nil {
+			break
+		}
+		_, err = p.client.Replicate(ctx, &limiterv1.ReplicateRequest{States: chunk})
 		err = callError(ctx, member.Name, err)
 	}
 	if err != nil {
@@ -66,8 +70,11 @@ func (n *Node) Replicate(ctx context.Context, member Member, states []*limiterv1
 // node leaves), and waits for it to apply them. Errors as for Replicate.
 func (n *Node) PushState(ctx context.Context, member Member, states []*limiterv1.KeyState) error {
 	p, err := n.fw.peer(member)
-	if err == nil {
-		_, err = p.client.PushState(ctx, &limiterv1.PushStateRequest{States: states})
+	for _, chunk := range chunks(states) {
+		if err != nil {
+			break
+		}
+		_, err = p.client.PushState(ctx, &limiterv1.PushStateRequest{States: chunk})
 		err = callError(ctx, member.Name, err)
 	}
 	if err != nil {
@@ -89,6 +96,28 @@ func (n *Node) Fetch(ctx context.Context, member Member, refs []*limiterv1.KeyRe
 		return nil, fmt.Errorf("fetch %d keys from %s: %w", len(refs), member.Name, err)
 	}
 	return resp.GetStates(), nil
+}
+
+// maxChunkBytes bounds one Replicate or PushState message, well under the
+// 64 KiB a limiterd server accepts per message.
+const maxChunkBytes = 32 << 10
+
+// chunks splits states into runs whose encoding stays under maxChunkBytes.
+func chunks(states []*limiterv1.KeyState) [][]*limiterv1.KeyState {
+	var out [][]*limiterv1.KeyState
+	start, size := 0, 0
+	for i, st := range states {
+		n := proto.Size(st) + 8
+		if i > start && size+n > maxChunkBytes {
+			out = append(out, states[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(states) {
+		out = append(out, states[start:])
+	}
+	return out
 }
 
 // KeysHeld asks member how many keys it holds state for (a Handler that
@@ -142,7 +171,7 @@ func newForwarder(cfg Config, log *slog.Logger) *forwarder {
 		opts = []grpc.DialOption{
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 250 * time.Millisecond},
 				MinConnectTimeout: time.Second,
 			}),
 		}

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"google.golang.org/protobuf/proto"
+
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
 
@@ -359,5 +361,26 @@ func BenchmarkForward(b *testing.B) {
 			b.StopTimer()
 			b.ReportMetric(float64(to.h.allows.Load())/float64(max(to.rpcs("AllowBatch"), 1)), "calls/rpc")
 		})
+	}
+}
+
+func TestChunks(t *testing.T) {
+	var states []*limiterv1.KeyState
+	for i := range 2000 {
+		states = append(states, &limiterv1.KeyState{Policy: "default", Key: fmt.Sprintf("key-%d", i), State: make([]byte, 90)})
+	}
+	got := chunks(states)
+	n := 0
+	for _, c := range got {
+		if size := proto.Size(&limiterv1.ReplicateRequest{States: c}); size > maxChunkBytes {
+			t.Errorf("chunk of %d states is %d bytes, want <= %d", len(c), size, maxChunkBytes)
+		}
+		n += len(c)
+	}
+	if n != len(states) || len(got) < 2 {
+		t.Errorf("chunks() = %d chunks holding %d states, want all %d in several", len(got), n, len(states))
+	}
+	if len(chunks(nil)) != 0 {
+		t.Errorf("chunks(nil) is not empty")
 	}
 }

@@ -299,6 +299,7 @@ func (m *Main) startCluster() error {
 		ReplicationInterval: cfg.ReplicationInterval,
 		SyncTimeout:         250 * time.Millisecond,
 		HandoffTimeout:      cfg.DrainTimeout,
+		FailoverAfter:       200 * time.Millisecond,
 		Metrics:             m.metrics,
 		Logger:              cfg.Logger,
 	})
@@ -336,7 +337,9 @@ func (m *Main) peerDialOptions() []grpc.DialOption {
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			// A restarted peer is found again within 250ms; meanwhile calls
+			// to it fail fast and go to the next replica.
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 250 * time.Millisecond},
 			MinConnectTimeout: time.Second,
 		}),
 	}

@@ -54,14 +54,19 @@ type ClusterConfig struct {
 	SyncTimeout time.Duration
 	// HandoffTimeout bounds pushing keys to their new owners. Default 5s.
 	HandoffTimeout time.Duration
-	Metrics        *metrics.Metrics
-	Logger         *slog.Logger
+	// FailoverAfter bounds waiting for a key's owner when another replica
+	// could answer instead: an owner that is frozen or overloaded (its
+	// connection still open) is given up on after this long, or half the
+	// caller's remaining deadline if that is shorter. Default 200ms.
+	FailoverAfter time.Duration
+	Metrics       *metrics.Metrics
+	Logger        *slog.Logger
 }
 
 // DefaultClusterConfig returns a ClusterConfig with every field set.
 func DefaultClusterConfig() ClusterConfig {
 	return ClusterConfig{ReplicationInterval: 10 * time.Millisecond, SyncTimeout: 250 * time.Millisecond,
-		HandoffTimeout: 5 * time.Second, Logger: slog.Default()}
+		HandoffTimeout: 5 * time.Second, FailoverAfter: 200 * time.Millisecond, Logger: slog.Default()}
 }
 
 // Cluster makes a Service decide each key on its owner: it forwards calls
@@ -85,6 +90,11 @@ type Cluster struct {
 	// between the last hand-off and the moment peers route elsewhere.
 	gate    sync.RWMutex
 	leaving atomic.Bool
+
+	nodeReady atomic.Bool // Start has set node
+
+	retryMu sync.Mutex
+	retry   map[string][]*limiterv1.KeyState // undelivered replica states, by member
 }
 
 // NewCluster prepares the cluster side of svc. Pass its OnChange and
@@ -103,6 +113,7 @@ func (c *Cluster) Start(node peerNode, g *grpc.Server) {
 	c.epoch.Store(1)
 	node.RegisterPeerService(g, c)
 	c.svc.cluster = c
+	c.nodeReady.Store(true)
 	if c.admin != nil {
 		c.admin.cfg.NodeName = node.Name()
 		c.admin.cfg.KeyUsage = c.key
@@ -173,13 +184,14 @@ func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (*limi
 		return nil, fmt.Errorf("%w: %q", limiter.ErrUnknownPolicy, req.GetPolicy())
 	}
 	var lastErr error = cluster.ErrNoMembers
-	for i, m := range c.node.Replicas(req.GetKey(), c.node.ReplicaCount()) {
+	reps := c.node.Replicas(req.GetKey(), c.node.ReplicaCount())
+	for i, m := range reps {
 		var resp *limiterv1.AllowResponse
 		var err error
 		if m.Name == c.node.Name() {
 			resp, err = c.allowOwned(ctx, req, p)
 		} else {
-			resp, err = c.node.Forward(ctx, m, req)
+			resp, err = c.forward(ctx, m, req, i < len(reps)-1)
 			c.cfg.Metrics.Forwarded("allow", err)
 		}
 		if err == nil {
@@ -197,6 +209,26 @@ func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (*limi
 	}
 	res := limiter.Result{Allowed: true, Policy: p, Limit: p.Limit, Remaining: p.Limit, MaxConcurrent: p.MaxConcurrent, Degraded: true}
 	return c.svc.Response(&res, req.GetPath(), req.GetRequestId()), nil
+}
+
+// forward sends req to m. When another replica could answer instead
+// (failover), it waits at most FailoverAfter (or half the caller's
+// remaining time) and reports a slower member as unavailable.
+func (c *Cluster) forward(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest, failover bool) (*limiterv1.AllowResponse, error) {
+	if !failover || c.cfg.FailoverAfter <= 0 {
+		return c.node.Forward(ctx, m, req)
+	}
+	wait := c.cfg.FailoverAfter
+	if d, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(d)/2)
+	}
+	actx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	resp, err := c.node.Forward(actx, m, req)
+	if err != nil && ctx.Err() == nil && actx.Err() != nil {
+		return nil, fmt.Errorf("%w: %s did not answer within %v", cluster.ErrOwnerUnavailable, m.Name, wait)
+	}
+	return resp, err
 }
 
 // allowOwned decides req here, first taking in the key's state from its
@@ -318,7 +350,7 @@ func (c *Cluster) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (
 	// member of higher rendezvous weight for the key (every node counts
 	// itself, and a leaving node refuses above), so hops cannot loop.
 	if owner, self := c.node.Owner(req.GetKey()); !self && owner.Name != "" {
-		resp, err := c.node.Forward(ctx, owner, req)
+		resp, err := c.forward(ctx, owner, req, true)
 		c.cfg.Metrics.Forwarded("redirect", err)
 		if err == nil || !errors.Is(err, cluster.ErrOwnerUnavailable) {
 			if err != nil {
@@ -480,12 +512,28 @@ func (c *Cluster) replicateLoop() {
 // replica, and waits for the acknowledgements.
 func (c *Cluster) replicateOnce() {
 	changed := c.lim.TakeChanged(c.node.Ring().Len() > 1)
-	if len(changed) == 0 {
+	c.retryMu.Lock()
+	retry := c.retry
+	c.retry = nil
+	c.retryMu.Unlock()
+	if len(changed) == 0 && len(retry) == 0 {
 		return
 	}
 	start := time.Now()
 	batches := map[string][]*limiterv1.KeyState{}
 	targets := map[string]cluster.Member{}
+	members := map[string]cluster.Member{}
+	for _, m := range c.node.Ring().Members() {
+		members[m.Name] = m
+	}
+	// States that could not be delivered last time go first, to members
+	// still in the ring; a newer state of the same key follows them.
+	for name, states := range retry {
+		if m, ok := members[name]; ok {
+			batches[name] = append(batches[name], states...)
+			targets[name] = m
+		}
+	}
 	for _, ks := range changed {
 		st := &limiterv1.KeyState{Policy: ks.Policy, Key: ks.Key, State: ks.State}
 		for _, m := range c.node.Replicas(ks.Key, c.node.ReplicaCount()) {
@@ -503,13 +551,47 @@ func (c *Cluster) replicateOnce() {
 		go func() {
 			defer wg.Done()
 			if err := c.node.Replicate(ctx, targets[name], states); err != nil {
+				// Keep them for the next round: a replica that missed a
+				// degraded decision would undercount when it owns the key.
 				c.cfg.Logger.Debug("replicate", "member", name, "keys", len(states), "err", err)
+				c.requeue(name, states)
 				return
 			}
 			c.cfg.Metrics.ReplicationLag(time.Since(start))
 		}()
 	}
 	wg.Wait()
+}
+
+// maxRetry bounds the undelivered states kept per member.
+const maxRetry = 100_000
+
+// requeue keeps states that a member did not get, newest per key, at most
+// maxRetry of them.
+func (c *Cluster) requeue(member string, states []*limiterv1.KeyState) {
+	c.retryMu.Lock()
+	defer c.retryMu.Unlock()
+	if c.retry == nil {
+		c.retry = map[string][]*limiterv1.KeyState{}
+	}
+	latest := make(map[string]*limiterv1.KeyState, len(states))
+	order := make([]string, 0, len(states))
+	for _, st := range append(c.retry[member], states...) {
+		k := st.GetPolicy() + "\x00" + st.GetKey()
+		if _, seen := latest[k]; !seen {
+			order = append(order, k)
+		}
+		latest[k] = st
+	}
+	if len(order) > maxRetry {
+		c.cfg.Logger.Warn("dropping undelivered replica states", "member", member, "keys", len(order)-maxRetry)
+		order = order[len(order)-maxRetry:]
+	}
+	out := make([]*limiterv1.KeyState, 0, len(order))
+	for _, k := range order {
+		out = append(out, latest[k])
+	}
+	c.retry[member] = out
 }
 
 // OnChange is the cluster.Config.OnChange callback: it starts a new
@@ -522,6 +604,9 @@ func (c *Cluster) OnChange(ch cluster.Change) {
 	// If this node was alone, the arrival is this node joining a cluster
 	// (a join that failed at start and succeeded later, or a healed
 	// partition): its keys may have a past elsewhere.
+	if ch.After != nil && ch.Member.Name == ch.After.Self() || !c.nodeReady.Load() {
+		return // this node's own arrival (Start counts it), or before Start
+	}
 	joinedCluster := ch.Kind == cluster.MemberJoined && ch.Before != nil && ch.Before.Len() <= 1
 	if ch.Kind == cluster.MemberLeft || joinedCluster && c.peersHoldState(context.Background()) {
 		c.changedAt.Store(time.Now().UnixNano())

@@ -1,4 +1,4 @@
-package main
+package accuracy
 
 import (
 	"cmp"
@@ -11,7 +11,7 @@ import (
 // server made its decision somewhere in [Start, End].
 type Decision struct {
 	Start, End time.Duration
-	// Key indexes the key name (key-<Key> with the default prefix).
+	// Key identifies the key; callers number their key names.
 	Key int32
 	// Hits is what the call counted; at least 1.
 	Hits int32
@@ -53,7 +53,8 @@ type Accuracy struct {
 	// MaxInWindow is the largest MaxInWindow of any key.
 	MaxInWindow int64 `json:"max_in_window"`
 	// Worst lists up to the requested number of keys, most over first
-	// (then highest MaxInWindow, then lowest key).
+	// (then highest MaxInWindow, then lowest key). It is empty, not nil,
+	// when no key had an admitted call.
 	Worst []KeyAccuracy `json:"worst"`
 }
 
@@ -63,7 +64,8 @@ type Accuracy struct {
 // only hide over-admission, never invent it. The count is conservative: a
 // call is in an interval [a, a+window) only if its whole [Start, End] is, so
 // a reported over-admission certainly happened. worst bounds the keys kept in
-// Accuracy.Worst. Analyze reorders ds.
+// Accuracy.Worst; zero or less keeps none, len(ds) keeps every key. Analyze
+// reorders ds; it is safe for concurrent use on distinct slices.
 func Analyze(ds []Decision, limit int64, window time.Duration, worst int) Accuracy {
 	acc := Accuracy{Limit: limit, Window: window}
 	slices.SortFunc(ds, func(a, b Decision) int {
@@ -162,34 +164,3 @@ func analyzeKey(ds []Decision, window time.Duration, s *scratch) (KeyAccuracy, b
 	}
 	return k, true
 }
-
-// fenwick is a binary indexed tree of sums over positions 0..n-1.
-type fenwick struct {
-	t     []int64
-	total int64
-}
-
-func (f *fenwick) reset(n int) {
-	f.t = slices.Grow(f.t[:0], n+1)[:n+1]
-	clear(f.t)
-	f.total = 0
-}
-
-func (f *fenwick) add(i int, v int64) {
-	f.total += v
-	for i++; i < len(f.t); i += i & -i {
-		f.t[i] += v
-	}
-}
-
-// prefix returns the sum over positions 0..i-1.
-func (f *fenwick) prefix(i int) int64 {
-	var s int64
-	for ; i > 0; i -= i & -i {
-		s += f.t[i]
-	}
-	return s
-}
-
-// suffix returns the sum over positions i..n-1.
-func (f *fenwick) suffix(i int) int64 { return f.total - f.prefix(i) }
