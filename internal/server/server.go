@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/limiterd/limiterd/internal/limiter"
@@ -43,7 +44,9 @@ type Config struct {
 	Now func() time.Time
 	// Logger gets one line per internal error. Default slog.Default().
 	Logger *slog.Logger
-	// MaxRecvMsgSize bounds a request message, bytes. Default 64 KiB.
+	// MaxRecvMsgSize bounds a client's request message, bytes. Default 64
+	// KiB. Batches between nodes (limiter.v1.Peer) may be up to
+	// MaxPeerMsgSize.
 	MaxRecvMsgSize int
 	// MaxConcurrentStreams bounds calls in flight per connection. Default 1024.
 	MaxConcurrentStreams uint32
@@ -59,6 +62,9 @@ type Config struct {
 	// means no bound.
 	MaxInFlight int
 }
+
+// MaxPeerMsgSize bounds one message between nodes (a forwarded batch).
+const MaxPeerMsgSize = 8 << 20
 
 // DefaultConfig returns a Config with every field but Decider set.
 func DefaultConfig() Config {
@@ -96,7 +102,9 @@ func New(cfg Config) (*Service, error) {
 func (s *Service) NewGRPCServer() *grpc.Server {
 	ics := append([]grpc.UnaryServerInterceptor{s.recoverUnary, s.loadUnary}, s.cfg.UnaryInterceptors...)
 	opts := []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(s.cfg.MaxRecvMsgSize),
+		// The transport takes peer batches up to MaxPeerMsgSize; loadUnary
+		// holds client requests to MaxRecvMsgSize.
+		grpc.MaxRecvMsgSize(max(s.cfg.MaxRecvMsgSize, MaxPeerMsgSize)),
 		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time:    30 * time.Second, // ping an idle gateway connection
@@ -219,6 +227,11 @@ func (s *Service) fail(method, requestID string, err error) error {
 func (s *Service) loadUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if strings.HasPrefix(info.FullMethod, "/grpc.") {
 		return handler(ctx, req)
+	}
+	if !strings.HasPrefix(info.FullMethod, "/limiter.v1.Peer/") {
+		if m, ok := req.(proto.Message); ok && proto.Size(m) > s.cfg.MaxRecvMsgSize {
+			return nil, status.Errorf(codes.ResourceExhausted, "request of %d bytes is larger than %d", proto.Size(m), s.cfg.MaxRecvMsgSize)
+		}
 	}
 	n := s.inFlight.Add(1)
 	defer s.inFlight.Add(-1)
