@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/limiterd/limiterd/internal/accuracy"
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
 
@@ -40,10 +41,10 @@ type loadResult struct {
 	Requests  uint64 // calls answered, with or without error
 	Allowed   uint64
 	Denied    uint64
-	Errors    map[string]uint64 // by gRPC code name; "release " prefix for Release calls
-	Latency   hist              // every Allow call, errors included
-	Decisions []Decision        // OK answers, up to MaxRecords
-	Dropped   uint64            // OK answers not kept because of MaxRecords
+	Errors    map[string]uint64   // by gRPC code name; "release " prefix for Release calls
+	Latency   hist                // every Allow call, errors included
+	Decisions []accuracy.Decision // OK answers, up to MaxRecords
+	Dropped   uint64              // OK answers not kept because of MaxRecords
 	// Limit and Window are what the server said: the largest limit field
 	// and the w= of the RateLimit-Policy header (0 when absent).
 	Limit  int64
@@ -95,7 +96,7 @@ var windowRE = regexp.MustCompile(`;w=(\d+)`)
 // worker is one closed-loop caller; its fields are its alone until run ends.
 type worker struct {
 	lat     hist
-	ds      []Decision
+	ds      []accuracy.Decision
 	allowed uint64
 	denied  uint64
 	errs    map[string]uint64
@@ -155,7 +156,7 @@ func runLoad(ctx context.Context, cfg loadConfig, conns []*grpc.ClientConn) *loa
 				}
 				wk.learn(resp)
 				if recorded.Add(1) <= int64(cfg.MaxRecords) {
-					wk.ds = append(wk.ds, Decision{Start: start, End: end, Key: int32(k), Hits: max(cfg.Hits, 1), Allowed: resp.GetAllowed()})
+					wk.ds = append(wk.ds, accuracy.Decision{Start: start, End: end, Key: int32(k), Hits: max(cfg.Hits, 1), Allowed: resp.GetAllowed()})
 				} else {
 					dropped.Add(1)
 				}

@@ -39,6 +39,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/limiterd/limiterd/internal/accuracy"
 )
 
 func main() {
@@ -129,25 +131,25 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 
 // report is the --json output; the text output says the same.
 type report struct {
-	Addrs         []string          `json:"addrs"`
-	Conns         int               `json:"conns"`
-	Workers       int               `json:"workers"`
-	Keys          int               `json:"keys"`
-	ElapsedSec    float64           `json:"elapsed_s"`
-	Requests      uint64            `json:"requests"`
-	RPS           float64           `json:"rps"`
-	Allowed       uint64            `json:"allowed"`
-	Denied        uint64            `json:"denied"`
-	Errors        uint64            `json:"errors"`
-	ErrorsByCode  map[string]uint64 `json:"errors_by_code"`
-	LatencyMS     map[string]string `json:"latency_ms"`
-	Recorded      int               `json:"recorded"`
-	Dropped       uint64            `json:"dropped"`
-	Accuracy      *Accuracy         `json:"accuracy,omitempty"`
-	LimitFrom     string            `json:"limit_from,omitempty"`
-	Tolerance     int64             `json:"tolerance"`
-	Pass          bool              `json:"pass"`
-	CheckSkipped  string            `json:"check_skipped,omitempty"`
+	Addrs         []string           `json:"addrs"`
+	Conns         int                `json:"conns"`
+	Workers       int                `json:"workers"`
+	Keys          int                `json:"keys"`
+	ElapsedSec    float64            `json:"elapsed_s"`
+	Requests      uint64             `json:"requests"`
+	RPS           float64            `json:"rps"`
+	Allowed       uint64             `json:"allowed"`
+	Denied        uint64             `json:"denied"`
+	Errors        uint64             `json:"errors"`
+	ErrorsByCode  map[string]uint64  `json:"errors_by_code"`
+	LatencyMS     map[string]string  `json:"latency_ms"`
+	Recorded      int                `json:"recorded"`
+	Dropped       uint64             `json:"dropped"`
+	Accuracy      *accuracy.Accuracy `json:"accuracy,omitempty"`
+	LimitFrom     string             `json:"limit_from,omitempty"`
+	Tolerance     int64              `json:"tolerance"`
+	Pass          bool               `json:"pass"`
+	CheckSkipped  string             `json:"check_skipped,omitempty"`
 	latencyValues []time.Duration
 }
 
@@ -200,7 +202,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		r.CheckSkipped = fmt.Sprintf("limit (%d) or window (%v) unknown: pass --limit and --window", limit, window)
 		r.Pass = false
 	default:
-		acc := Analyze(res.Decisions, limit, window, o.worst)
+		acc := accuracy.Analyze(res.Decisions, limit, window, o.worst)
 		r.Accuracy = &acc
 		r.Pass = acc.MaxOver <= o.tolerance
 	}

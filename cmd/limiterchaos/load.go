@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/status"
 
+	"github.com/limiterd/limiterd/internal/accuracy"
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
 
@@ -22,8 +23,8 @@ type loadConfig struct {
 // loadStats is what the workers saw.
 type loadStats struct {
 	calls, admitted, degraded int64
-	errors                    map[string]int64 // by gRPC code name
-	decisions                 []Decision       // admitted calls
+	errors                    map[string]int64    // by gRPC code name
+	decisions                 []accuracy.Decision // admitted calls
 }
 
 // load runs paced Allow calls from several workers over the cluster's
@@ -118,7 +119,7 @@ func (l *load) call(ctx context.Context, st *loadStats) {
 		}
 	case res.GetAllowed():
 		st.admitted++
-		st.decisions = append(st.decisions, Decision{Start: start, End: end, Key: int32(k)})
+		st.decisions = append(st.decisions, accuracy.Decision{Start: start, End: end, Key: int32(k), Hits: 1, Allowed: true})
 	}
 	if res.GetDegraded() {
 		st.degraded++

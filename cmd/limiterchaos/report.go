@@ -1,13 +1,63 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/limiterd/limiterd/internal/accuracy"
 )
+
+// accuracyReport is the over-admission part of a scenario's result: what
+// accuracy.Analyze found, with every key rather than the worst few.
+type accuracyReport struct {
+	Limit  int64         `json:"limit"`
+	Window time.Duration `json:"window_ns"`
+	// Keys is how many keys admitted at least one call; KeysAtLimit how
+	// many of them reached the limit within one window (a key that never
+	// did could not show over-admission); KeysOver how many went beyond.
+	Keys        int `json:"keys"`
+	KeysAtLimit int `json:"keys_at_limit"`
+	KeysOver    int `json:"keys_over"`
+	// MaxOver is the largest Over of any key; SumOver adds them up.
+	MaxOver int64 `json:"max_over"`
+	SumOver int64 `json:"sum_over"`
+	// PerKey has every key with an admitted call, by key; nil when none.
+	PerKey []keyReport `json:"per_key"`
+}
+
+// keyReport is the worst window of one key (accuracy.KeyAccuracy without
+// the informative by-end count).
+type keyReport struct {
+	Key int32 `json:"key"`
+	// Admitted is every hit admitted for the key.
+	Admitted int64 `json:"admitted"`
+	// MaxInWindow is the most calls certainly admitted within one interval
+	// [From, From+window): calls whose whole [Start, End] lies inside it.
+	MaxInWindow int64         `json:"max_in_window"`
+	From        time.Duration `json:"from_ns"`
+	// Over is max(0, MaxInWindow-limit).
+	Over int64 `json:"over"`
+}
+
+// analyze runs accuracy.Analyze over the admitted calls of a scenario,
+// which it reorders, and keeps every key.
+func analyze(ds []accuracy.Decision, limit int64, window time.Duration) accuracyReport {
+	a := accuracy.Analyze(ds, limit, window, len(ds))
+	r := accuracyReport{Limit: a.Limit, Window: a.Window, Keys: a.Keys, KeysOver: a.KeysOver, MaxOver: a.MaxOver, SumOver: a.SumOver}
+	slices.SortFunc(a.Worst, func(x, y accuracy.KeyAccuracy) int { return cmp.Compare(x.Key, y.Key) })
+	for _, k := range a.Worst {
+		if k.MaxInWindow >= limit {
+			r.KeysAtLimit++
+		}
+		r.PerKey = append(r.PerKey, keyReport{Key: k.Key, Admitted: k.Admitted, MaxInWindow: k.MaxInWindow, From: k.From, Over: k.Over})
+	}
+	return r
+}
 
 // writeTable prints the results as a markdown table, then the faults and
 // problems of each scenario.

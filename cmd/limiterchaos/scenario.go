@@ -16,7 +16,7 @@ type result struct {
 	Admitted int64            `json:"admitted"`
 	Degraded int64            `json:"degraded"`
 	Errors   map[string]int64 `json:"errors"` // by gRPC code
-	Accuracy Accuracy         `json:"accuracy"`
+	Accuracy accuracyReport   `json:"accuracy"`
 	// Tolerance is the largest over-admission of a key that passes.
 	Tolerance int64   `json:"tolerance"`
 	Faults    []fault `json:"faults"`
@@ -86,7 +86,7 @@ func runScenario(ctx context.Context, c *cluster, o options, name string, log io
 		return r, err
 	}
 	r.Calls, r.Admitted, r.Degraded, r.Errors = st.calls, st.admitted, st.degraded, st.errors
-	r.Accuracy = Analyze(st.decisions, o.limit, o.window)
+	r.Accuracy = analyze(st.decisions, o.limit, o.window)
 	for _, f := range r.Faults {
 		r.Recover = max(r.Recover, f.Recover)
 		if f.Err != "" {
