@@ -96,6 +96,10 @@ type Config struct {
 	// gossip; same goroutine and ordering as OnChange. Default nil.
 	OnPolicy func(PolicyEntry)
 
+	// OnBatch, when set, is told the size of every batch of forwarded
+	// Allow calls sent (for metrics). It must not block. Default nil.
+	OnBatch func(n int)
+
 	// Logger receives the node's logs, memberlist's included (at debug
 	// level, with memberlist's own "[WARN]" style prefixes). Default
 	// slog.Default().

@@ -161,8 +161,9 @@ type forwarder struct {
 	peers  map[string]*peer
 	closed bool
 
-	faults *Faults // test-only fault injection (fault.go); nil in production
-	self   string  // this node's name, for faults
+	faults  *Faults     // test-only fault injection (fault.go); nil in production
+	self    string      // this node's name, for faults
+	onBatch func(n int) // Config.OnBatch
 }
 
 func newForwarder(cfg Config, log *slog.Logger) *forwarder {
@@ -177,7 +178,7 @@ func newForwarder(cfg Config, log *slog.Logger) *forwarder {
 		}
 	}
 	return &forwarder{size: cfg.BatchSize, wait: cfg.BatchWait, opts: opts, log: log, peers: make(map[string]*peer),
-		faults: cfg.Faults, self: cfg.NodeName}
+		faults: cfg.Faults, self: cfg.NodeName, onBatch: cfg.OnBatch}
 }
 
 // peer is the client side of one member.
@@ -186,6 +187,7 @@ type peer struct {
 	addr    string
 	conn    *grpc.ClientConn
 	client  limiterv1.PeerClient
+	onBatch func(n int)
 	allow   *batcher[*limiterv1.AllowRequest, *limiterv1.AllowResponse]
 	release *batcher[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]
 }
@@ -215,7 +217,7 @@ func (f *forwarder) peer(m Member) (*peer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: dial %s: %v", ErrOwnerUnavailable, m.GRPCAddr, err)
 	}
-	p := &peer{name: m.Name, addr: m.GRPCAddr, conn: conn, client: limiterv1.NewPeerClient(conn)}
+	p := &peer{name: m.Name, addr: m.GRPCAddr, conn: conn, client: limiterv1.NewPeerClient(conn), onBatch: f.onBatch}
 	p.allow = &batcher[*limiterv1.AllowRequest, *limiterv1.AllowResponse]{size: f.size, wait: f.wait, send: p.sendAllow}
 	p.release = &batcher[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]{size: f.size, wait: f.wait, send: p.sendRelease}
 	f.peers[m.Name] = p
@@ -401,6 +403,9 @@ func sendBatch[Q, R, I, P any](
 }
 
 func (p *peer) sendAllow(batch []*call[*limiterv1.AllowRequest, *limiterv1.AllowResponse]) {
+	if p.onBatch != nil {
+		p.onBatch(len(batch))
+	}
 	sendBatch(p.name, batch,
 		func(q *limiterv1.AllowRequest, d *durationpb.Duration) *limiterv1.PeerAllowItem {
 			return &limiterv1.PeerAllowItem{Request: q, Timeout: d}

@@ -313,6 +313,7 @@ func (m *Main) startCluster() error {
 	ccfg.Replicas = cfg.Replicas
 	ccfg.OnChange = m.glue.OnChange
 	ccfg.OnPolicy = m.glue.OnPolicy
+	ccfg.OnBatch = m.metrics.BatchSize
 	ccfg.Logger = cfg.Logger
 	ccfg.DialOptions = m.peerDialOptions()
 	if cfg.Cluster != nil {
