@@ -30,7 +30,7 @@ import (
 // context.DeadlineExceeded) when time ran out; a *RemoteError (matching
 // ErrRemote) when the owner answered the item with an error status;
 // context.Canceled when ctx was cancelled. It is safe for concurrent use.
-func (n *Node) Forward(ctx context.Context, member Member, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+func (n *Node) Forward(ctx context.Context, member Member, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
 	p, err := n.fw.peer(member)
 	if err != nil {
 		return nil, fmt.Errorf("forward %q to %s: %w", req.GetKey(), member.Name, err)
@@ -188,7 +188,7 @@ type peer struct {
 	conn    *grpc.ClientConn
 	client  limiterv1.PeerClient
 	onBatch func(n int)
-	allow   *batcher[*limiterv1.AllowRequest, *limiterv1.AllowResponse]
+	allow   *batcher[*limiterv1.AllowRequest, *limiterv1.PeerDecision]
 	release *batcher[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]
 }
 
@@ -218,7 +218,7 @@ func (f *forwarder) peer(m Member) (*peer, error) {
 		return nil, fmt.Errorf("%w: dial %s: %v", ErrOwnerUnavailable, m.GRPCAddr, err)
 	}
 	p := &peer{name: m.Name, addr: m.GRPCAddr, conn: conn, client: limiterv1.NewPeerClient(conn), onBatch: f.onBatch}
-	p.allow = &batcher[*limiterv1.AllowRequest, *limiterv1.AllowResponse]{size: f.size, wait: f.wait, send: p.sendAllow}
+	p.allow = &batcher[*limiterv1.AllowRequest, *limiterv1.PeerDecision]{size: f.size, wait: f.wait, send: p.sendAllow}
 	p.release = &batcher[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]{size: f.size, wait: f.wait, send: p.sendRelease}
 	f.peers[m.Name] = p
 	return p, nil
@@ -402,7 +402,7 @@ func sendBatch[Q, R, I, P any](
 	}
 }
 
-func (p *peer) sendAllow(batch []*call[*limiterv1.AllowRequest, *limiterv1.AllowResponse]) {
+func (p *peer) sendAllow(batch []*call[*limiterv1.AllowRequest, *limiterv1.PeerDecision]) {
 	if p.onBatch != nil {
 		p.onBatch(len(batch))
 	}
@@ -414,8 +414,8 @@ func (p *peer) sendAllow(batch []*call[*limiterv1.AllowRequest, *limiterv1.Allow
 			resp, err := p.client.AllowBatch(ctx, &limiterv1.PeerAllowBatchRequest{Items: items})
 			return resp.GetResults(), err
 		},
-		func(r *limiterv1.PeerAllowResult) (*limiterv1.AllowResponse, *limiterv1.ItemStatus) {
-			if resp := r.GetResponse(); resp != nil {
+		func(r *limiterv1.PeerAllowResult) (*limiterv1.PeerDecision, *limiterv1.ItemStatus) {
+			if resp := r.GetDecision(); resp != nil {
 				return resp, nil
 			}
 			return nil, statusOrMissing(r.GetStatus())

@@ -133,7 +133,7 @@ func TestForwardDeadline(t *testing.T) {
 	from := startNode(t, "from", nil)
 	to := startNode(t, "to", nil)
 	budget := make(chan time.Duration, 1)
-	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
 		if d, ok := ctx.Deadline(); ok {
 			budget <- time.Until(d)
 		} else {
@@ -164,7 +164,7 @@ func TestForwardRemoteDeadlineStatus(t *testing.T) {
 	// deadline: the RemoteError must still read as a deadline.
 	from := startNode(t, "from", nil)
 	to := startNode(t, "to", nil)
-	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
 		return nil, context.DeadlineExceeded
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -49,7 +49,7 @@ type fakeHandler struct {
 	name string
 
 	// allow, when set, replaces the default AllowLocal answer.
-	allow   func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error)
+	allow   func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error)
 	release func(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error)
 
 	allows atomic.Int64
@@ -58,13 +58,13 @@ type fakeHandler struct {
 	states map[string]*limiterv1.KeyState
 }
 
-func (h *fakeHandler) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+func (h *fakeHandler) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
 	h.allows.Add(1)
 	if h.allow != nil {
 		return h.allow(ctx, req)
 	}
 	// Policy carries the answering node's name so tests can see who decided.
-	return &limiterv1.AllowResponse{Allowed: true, Policy: h.name, Remaining: int64(len(req.GetKey()))}, nil
+	return &limiterv1.PeerDecision{Allowed: true, Policy: h.name, Remaining: int64(len(req.GetKey()))}, nil
 }
 
 func (h *fakeHandler) ReleaseLocal(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {

@@ -23,7 +23,7 @@ import (
 // codes.Unknown, and context errors as DeadlineExceeded or Canceled.
 type Handler interface {
 	// AllowLocal decides req on this node, as the key's owner.
-	AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error)
+	AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error)
 	// ReleaseLocal ends a lease held on this node.
 	ReleaseLocal(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error)
 	// ApplyReplica merges key states sent by Replicate or PushState into
@@ -59,7 +59,7 @@ func (s *peerServer) AllowBatch(ctx context.Context, req *limiterv1.PeerAllowBat
 		if st != nil {
 			results[i] = &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Status{Status: st}}
 		} else {
-			results[i] = &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Response{Response: resp}}
+			results[i] = &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Decision{Decision: resp}}
 		}
 	})
 	return &limiterv1.PeerAllowBatchResponse{Results: results}, nil

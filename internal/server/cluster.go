@@ -28,7 +28,7 @@ type peerNode interface {
 	ReplicaCount() int
 	Ring() *cluster.Ring
 	Members() []cluster.Member
-	Forward(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error)
+	Forward(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error)
 	ForwardRelease(ctx context.Context, m cluster.Member, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error)
 	Replicate(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
 	PushState(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
@@ -172,49 +172,78 @@ func (c *Cluster) peersHoldState(ctx context.Context) bool {
 }
 
 // allow routes req to the key's owner, or the next live replica.
-func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (limiter.Result, error) {
 	if err := limiter.ValidateKey(req.GetKey()); err != nil {
-		return nil, err
+		return limiter.Result{}, err
 	}
 	if req.GetHits() < 0 {
-		return nil, fmt.Errorf("%w: %d", limiter.ErrBadHits, req.GetHits())
+		return limiter.Result{}, fmt.Errorf("%w: %d", limiter.ErrBadHits, req.GetHits())
 	}
 	p, ok := c.lim.Policy(req.GetPolicy())
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", limiter.ErrUnknownPolicy, req.GetPolicy())
+		return limiter.Result{}, fmt.Errorf("%w: %q", limiter.ErrUnknownPolicy, req.GetPolicy())
 	}
 	var lastErr error = cluster.ErrNoMembers
 	reps := c.node.Replicas(req.GetKey(), c.node.ReplicaCount())
 	for i, m := range reps {
-		var resp *limiterv1.AllowResponse
+		var res limiter.Result
 		var err error
 		if m.Name == c.node.Name() {
-			resp, err = c.allowOwned(ctx, req, p)
+			res, err = c.allowOwned(ctx, req, p)
 		} else {
-			resp, err = c.forward(ctx, m, req, i < len(reps)-1)
+			var d *limiterv1.PeerDecision
+			d, err = c.forward(ctx, m, req, i < len(reps)-1)
 			c.cfg.Metrics.Forwarded("allow", err)
+			if err == nil {
+				res = c.fromDecision(d, p)
+			}
 		}
 		if err == nil {
-			resp.Degraded = resp.Degraded || i > 0
-			return resp, nil
+			res.Degraded = res.Degraded || i > 0
+			return res, nil
 		}
 		if !errors.Is(err, cluster.ErrOwnerUnavailable) {
-			return nil, err
+			return limiter.Result{}, err
 		}
 		c.cfg.Logger.Warn("key owner unreachable; trying the next replica", "key", req.GetKey(), "member", m.Name, "err", err)
 		lastErr = err
 	}
 	if !p.FailOpen {
-		return nil, lastErr
+		return limiter.Result{}, lastErr
 	}
-	res := limiter.Result{Allowed: true, Policy: p, Limit: p.Limit, Remaining: p.Limit, MaxConcurrent: p.MaxConcurrent, Degraded: true}
-	return c.svc.Response(&res, req.GetPath(), req.GetRequestId()), nil
+	return limiter.Result{Allowed: true, Policy: p, Limit: p.Limit, Remaining: p.Limit, MaxConcurrent: p.MaxConcurrent, Degraded: true}, nil
+}
+
+// toDecision is what an owner sends back for a forwarded call.
+func toDecision(r limiter.Result) *limiterv1.PeerDecision {
+	return &limiterv1.PeerDecision{
+		Allowed: r.Allowed, Code: r.Code, Policy: r.Policy.Name, Limit: r.Limit, Remaining: r.Remaining,
+		RetryAfterNs: int64(r.RetryAfter), ResetAfterNs: int64(r.ResetAfter), LeaseId: r.LeaseID,
+		MaxConcurrent: r.MaxConcurrent, InFlight: r.InFlight, Degraded: r.Degraded, ShadowCode: r.ShadowCode,
+	}
+}
+
+// fromDecision turns an owner's decision back into a Result, with this
+// node's copy of the policy (policies are the same cluster-wide; p is the
+// one the caller named, used if the owner's name is unknown here).
+func (c *Cluster) fromDecision(d *limiterv1.PeerDecision, p policy.Policy) limiter.Result {
+	if d.GetPolicy() != p.Name {
+		if q, ok := c.lim.Policy(d.GetPolicy()); ok {
+			p = q
+		}
+	}
+	return limiter.Result{
+		Allowed: d.GetAllowed(), Code: d.GetCode(), Policy: p, Limit: d.GetLimit(), Remaining: d.GetRemaining(),
+		RetryAfter: time.Duration(d.GetRetryAfterNs()), ResetAfter: time.Duration(d.GetResetAfterNs()),
+		LeaseID: d.GetLeaseId(), MaxConcurrent: d.GetMaxConcurrent(), InFlight: d.GetInFlight(),
+		Degraded: d.GetDegraded(), ShadowCode: d.GetShadowCode(),
+	}
 }
 
 // forward sends req to m. When another replica could answer instead
 // (failover), it waits at most FailoverAfter (or half the caller's
 // remaining time) and reports a slower member as unavailable.
-func (c *Cluster) forward(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest, failover bool) (*limiterv1.AllowResponse, error) {
+func (c *Cluster) forward(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest, failover bool) (*limiterv1.PeerDecision, error) {
 	if !failover || c.cfg.FailoverAfter <= 0 {
 		return c.node.Forward(ctx, m, req)
 	}
@@ -233,16 +262,16 @@ func (c *Cluster) forward(ctx context.Context, m cluster.Member, req *limiterv1.
 
 // allowOwned decides req here, first taking in the key's state from its
 // peers if membership changed since this node last did.
-func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p policy.Policy) (*limiterv1.AllowResponse, error) {
+func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p policy.Policy) (limiter.Result, error) {
 	c.gate.RLock()
 	defer c.gate.RUnlock()
 	if c.leaving.Load() {
-		return nil, errLeaving // the caller tries the next replica
+		return limiter.Result{}, errLeaving // the caller tries the next replica
 	}
 	if ep, ok := c.needsSync(p, req.GetKey()); ok {
 		c.sync(ctx, p.Name, req.GetKey(), ep)
 	}
-	return c.svc.allowLocal(ctx, req)
+	return c.svc.decideLocal(ctx, req)
 }
 
 // needsSync reports whether key may have state on another node that this
@@ -335,7 +364,7 @@ func (c *Cluster) releaseOwned(ctx context.Context, lid limiter.LeaseID) (int64,
 
 // AllowLocal implements cluster.Handler: a peer forwarded req to this node
 // as the key's owner.
-func (c *Cluster) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+func (c *Cluster) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
 	p, ok := c.lim.Policy(req.GetPolicy())
 	if !ok {
 		return nil, toStatus(fmt.Errorf("%w: %q", limiter.ErrUnknownPolicy, req.GetPolicy()))
@@ -360,11 +389,11 @@ func (c *Cluster) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (
 		}
 		// The owner is unreachable from here too: decide with this copy.
 	}
-	resp, err := c.allowOwned(ctx, req, p)
+	res, err := c.allowOwned(ctx, req, p)
 	if err != nil {
 		return nil, c.svc.fail("Peer.Allow", req.GetRequestId(), err)
 	}
-	return resp, nil
+	return toDecision(res), nil
 }
 
 // ReleaseLocal implements cluster.Handler.

@@ -147,27 +147,27 @@ func (s *Service) Allow(ctx context.Context, req *limiterv1.AllowRequest) (*limi
 	if err := ctx.Err(); err != nil {
 		return nil, toStatus(err) // the caller gave up: count nothing
 	}
-	var resp *limiterv1.AllowResponse
+	var res limiter.Result
 	var err error
 	if s.cluster != nil {
-		resp, err = s.cluster.allow(ctx, req)
+		res, err = s.cluster.allow(ctx, req)
 	} else {
-		resp, err = s.allowLocal(ctx, req)
+		res, err = s.decideLocal(ctx, req)
 	}
 	if err != nil {
 		return nil, s.fail("Allow", req.GetRequestId(), err)
 	}
-	return resp, nil
+	return s.Response(&res, req.GetPath(), req.GetRequestId()), nil
 }
 
-// allowLocal decides req on this node.
-func (s *Service) allowLocal(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.AllowResponse, error) {
+// decideLocal decides req on this node and counts the decision.
+func (s *Service) decideLocal(ctx context.Context, req *limiterv1.AllowRequest) (limiter.Result, error) {
 	res, err := s.cfg.Decider.Allow(ctx, limiter.Request{Policy: req.GetPolicy(), Key: req.GetKey(), Hits: req.GetHits(), DryRun: req.GetDryRun()})
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	s.cfg.Metrics.Decision(res.Policy.Name, max(res.Code, res.ShadowCode), res.ShadowCode != 0)
-	return s.Response(&res, req.GetPath(), req.GetRequestId()), nil
+	return res, nil
 }
 
 // Response renders a Result as an AllowResponse.
@@ -278,16 +278,7 @@ func (r routed) Allow(ctx context.Context, req limiter.Request) (limiter.Result,
 	if r.s.cluster == nil {
 		return r.s.cfg.Decider.Allow(ctx, req)
 	}
-	resp, err := r.s.cluster.allow(ctx, &limiterv1.AllowRequest{Key: req.Key, Policy: req.Policy, Hits: req.Hits, DryRun: req.DryRun})
-	if err != nil {
-		return limiter.Result{}, err
-	}
-	p, _ := r.s.cluster.lim.Policy(resp.GetPolicy())
-	return limiter.Result{
-		Allowed: resp.GetAllowed(), Code: resp.GetCode(), Policy: p, Limit: resp.GetLimit(), Remaining: resp.GetRemaining(),
-		RetryAfter: resp.GetRetryAfter().AsDuration(), ResetAfter: resp.GetResetAfter().AsDuration(),
-		LeaseID: resp.GetLeaseId(), MaxConcurrent: resp.GetMaxConcurrent(), InFlight: resp.GetInFlight(), Degraded: resp.GetDegraded(),
-	}, nil
+	return r.s.cluster.allow(ctx, &limiterv1.AllowRequest{Key: req.Key, Policy: req.Policy, Hits: req.Hits, DryRun: req.DryRun})
 }
 
 func (r routed) Release(ctx context.Context, leaseID string) (int64, error) {

@@ -296,7 +296,7 @@ type PeerAllowResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
 	//
-	//	*PeerAllowResult_Response
+	//	*PeerAllowResult_Decision
 	//	*PeerAllowResult_Status
 	Result        isPeerAllowResult_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
@@ -340,10 +340,10 @@ func (x *PeerAllowResult) GetResult() isPeerAllowResult_Result {
 	return nil
 }
 
-func (x *PeerAllowResult) GetResponse() *AllowResponse {
+func (x *PeerAllowResult) GetDecision() *PeerDecision {
 	if x != nil {
-		if x, ok := x.Result.(*PeerAllowResult_Response); ok {
-			return x.Response
+		if x, ok := x.Result.(*PeerAllowResult_Decision); ok {
+			return x.Decision
 		}
 	}
 	return nil
@@ -362,17 +362,152 @@ type isPeerAllowResult_Result interface {
 	isPeerAllowResult_Result()
 }
 
-type PeerAllowResult_Response struct {
-	Response *AllowResponse `protobuf:"bytes,1,opt,name=response,proto3,oneof"`
+type PeerAllowResult_Decision struct {
+	Decision *PeerDecision `protobuf:"bytes,3,opt,name=decision,proto3,oneof"`
 }
 
 type PeerAllowResult_Status struct {
 	Status *ItemStatus `protobuf:"bytes,2,opt,name=status,proto3,oneof"`
 }
 
-func (*PeerAllowResult_Response) isPeerAllowResult_Result() {}
+func (*PeerAllowResult_Decision) isPeerAllowResult_Result() {}
 
 func (*PeerAllowResult_Status) isPeerAllowResult_Result() {}
+
+// PeerDecision is an owner's decision without its rendering: the node the
+// client called builds the headers and the error body, so they are not
+// encoded and decoded twice on the way.
+type PeerDecision struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Allowed       bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Code          int32                  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Policy        string                 `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	Limit         int64                  `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	Remaining     int64                  `protobuf:"varint,5,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	RetryAfterNs  int64                  `protobuf:"varint,6,opt,name=retry_after_ns,json=retryAfterNs,proto3" json:"retry_after_ns,omitempty"`
+	ResetAfterNs  int64                  `protobuf:"varint,7,opt,name=reset_after_ns,json=resetAfterNs,proto3" json:"reset_after_ns,omitempty"`
+	LeaseId       string                 `protobuf:"bytes,8,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	MaxConcurrent int64                  `protobuf:"varint,9,opt,name=max_concurrent,json=maxConcurrent,proto3" json:"max_concurrent,omitempty"`
+	InFlight      int64                  `protobuf:"varint,10,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	Degraded      bool                   `protobuf:"varint,11,opt,name=degraded,proto3" json:"degraded,omitempty"`
+	ShadowCode    int32                  `protobuf:"varint,12,opt,name=shadow_code,json=shadowCode,proto3" json:"shadow_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerDecision) Reset() {
+	*x = PeerDecision{}
+	mi := &file_limiter_v1_peer_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerDecision) ProtoMessage() {}
+
+func (x *PeerDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_limiter_v1_peer_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerDecision.ProtoReflect.Descriptor instead.
+func (*PeerDecision) Descriptor() ([]byte, []int) {
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PeerDecision) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *PeerDecision) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *PeerDecision) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *PeerDecision) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *PeerDecision) GetRemaining() int64 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+func (x *PeerDecision) GetRetryAfterNs() int64 {
+	if x != nil {
+		return x.RetryAfterNs
+	}
+	return 0
+}
+
+func (x *PeerDecision) GetResetAfterNs() int64 {
+	if x != nil {
+		return x.ResetAfterNs
+	}
+	return 0
+}
+
+func (x *PeerDecision) GetLeaseId() string {
+	if x != nil {
+		return x.LeaseId
+	}
+	return ""
+}
+
+func (x *PeerDecision) GetMaxConcurrent() int64 {
+	if x != nil {
+		return x.MaxConcurrent
+	}
+	return 0
+}
+
+func (x *PeerDecision) GetInFlight() int64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *PeerDecision) GetDegraded() bool {
+	if x != nil {
+		return x.Degraded
+	}
+	return false
+}
+
+func (x *PeerDecision) GetShadowCode() int32 {
+	if x != nil {
+		return x.ShadowCode
+	}
+	return 0
+}
 
 // PeerAllowBatchResponse holds one result per item, in item order.
 type PeerAllowBatchResponse struct {
@@ -384,7 +519,7 @@ type PeerAllowBatchResponse struct {
 
 func (x *PeerAllowBatchResponse) Reset() {
 	*x = PeerAllowBatchResponse{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[6]
+	mi := &file_limiter_v1_peer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +531,7 @@ func (x *PeerAllowBatchResponse) String() string {
 func (*PeerAllowBatchResponse) ProtoMessage() {}
 
 func (x *PeerAllowBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[6]
+	mi := &file_limiter_v1_peer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +544,7 @@ func (x *PeerAllowBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerAllowBatchResponse.ProtoReflect.Descriptor instead.
 func (*PeerAllowBatchResponse) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{6}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PeerAllowBatchResponse) GetResults() []*PeerAllowResult {
@@ -431,7 +566,7 @@ type PeerReleaseItem struct {
 
 func (x *PeerReleaseItem) Reset() {
 	*x = PeerReleaseItem{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[7]
+	mi := &file_limiter_v1_peer_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -443,7 +578,7 @@ func (x *PeerReleaseItem) String() string {
 func (*PeerReleaseItem) ProtoMessage() {}
 
 func (x *PeerReleaseItem) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[7]
+	mi := &file_limiter_v1_peer_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -456,7 +591,7 @@ func (x *PeerReleaseItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerReleaseItem.ProtoReflect.Descriptor instead.
 func (*PeerReleaseItem) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{7}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PeerReleaseItem) GetRequest() *ReleaseRequest {
@@ -483,7 +618,7 @@ type PeerReleaseBatchRequest struct {
 
 func (x *PeerReleaseBatchRequest) Reset() {
 	*x = PeerReleaseBatchRequest{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[8]
+	mi := &file_limiter_v1_peer_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +630,7 @@ func (x *PeerReleaseBatchRequest) String() string {
 func (*PeerReleaseBatchRequest) ProtoMessage() {}
 
 func (x *PeerReleaseBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[8]
+	mi := &file_limiter_v1_peer_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +643,7 @@ func (x *PeerReleaseBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerReleaseBatchRequest.ProtoReflect.Descriptor instead.
 func (*PeerReleaseBatchRequest) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{8}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PeerReleaseBatchRequest) GetItems() []*PeerReleaseItem {
@@ -532,7 +667,7 @@ type PeerReleaseResult struct {
 
 func (x *PeerReleaseResult) Reset() {
 	*x = PeerReleaseResult{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[9]
+	mi := &file_limiter_v1_peer_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +679,7 @@ func (x *PeerReleaseResult) String() string {
 func (*PeerReleaseResult) ProtoMessage() {}
 
 func (x *PeerReleaseResult) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[9]
+	mi := &file_limiter_v1_peer_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +692,7 @@ func (x *PeerReleaseResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerReleaseResult.ProtoReflect.Descriptor instead.
 func (*PeerReleaseResult) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{9}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PeerReleaseResult) GetResult() isPeerReleaseResult_Result {
@@ -611,7 +746,7 @@ type PeerReleaseBatchResponse struct {
 
 func (x *PeerReleaseBatchResponse) Reset() {
 	*x = PeerReleaseBatchResponse{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[10]
+	mi := &file_limiter_v1_peer_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +758,7 @@ func (x *PeerReleaseBatchResponse) String() string {
 func (*PeerReleaseBatchResponse) ProtoMessage() {}
 
 func (x *PeerReleaseBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[10]
+	mi := &file_limiter_v1_peer_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +771,7 @@ func (x *PeerReleaseBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerReleaseBatchResponse.ProtoReflect.Descriptor instead.
 func (*PeerReleaseBatchResponse) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{10}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PeerReleaseBatchResponse) GetResults() []*PeerReleaseResult {
@@ -657,7 +792,7 @@ type KeyRef struct {
 
 func (x *KeyRef) Reset() {
 	*x = KeyRef{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[11]
+	mi := &file_limiter_v1_peer_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +804,7 @@ func (x *KeyRef) String() string {
 func (*KeyRef) ProtoMessage() {}
 
 func (x *KeyRef) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[11]
+	mi := &file_limiter_v1_peer_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +817,7 @@ func (x *KeyRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRef.ProtoReflect.Descriptor instead.
 func (*KeyRef) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{11}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *KeyRef) GetPolicy() string {
@@ -713,7 +848,7 @@ type KeyState struct {
 
 func (x *KeyState) Reset() {
 	*x = KeyState{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[12]
+	mi := &file_limiter_v1_peer_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +860,7 @@ func (x *KeyState) String() string {
 func (*KeyState) ProtoMessage() {}
 
 func (x *KeyState) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[12]
+	mi := &file_limiter_v1_peer_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +873,7 @@ func (x *KeyState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyState.ProtoReflect.Descriptor instead.
 func (*KeyState) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{12}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *KeyState) GetPolicy() string {
@@ -779,7 +914,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[13]
+	mi := &file_limiter_v1_peer_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +926,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[13]
+	mi := &file_limiter_v1_peer_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +939,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{13}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReplicateRequest) GetStates() []*KeyState {
@@ -823,7 +958,7 @@ type ReplicateResponse struct {
 
 func (x *ReplicateResponse) Reset() {
 	*x = ReplicateResponse{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[14]
+	mi := &file_limiter_v1_peer_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +970,7 @@ func (x *ReplicateResponse) String() string {
 func (*ReplicateResponse) ProtoMessage() {}
 
 func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[14]
+	mi := &file_limiter_v1_peer_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +983,7 @@ func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
 func (*ReplicateResponse) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{14}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{15}
 }
 
 // FetchStateRequest asks for the state of some keys.
@@ -861,7 +996,7 @@ type FetchStateRequest struct {
 
 func (x *FetchStateRequest) Reset() {
 	*x = FetchStateRequest{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[15]
+	mi := &file_limiter_v1_peer_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1008,7 @@ func (x *FetchStateRequest) String() string {
 func (*FetchStateRequest) ProtoMessage() {}
 
 func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[15]
+	mi := &file_limiter_v1_peer_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1021,7 @@ func (x *FetchStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchStateRequest.ProtoReflect.Descriptor instead.
 func (*FetchStateRequest) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{15}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FetchStateRequest) GetRefs() []*KeyRef {
@@ -911,7 +1046,7 @@ type FetchStateResponse struct {
 
 func (x *FetchStateResponse) Reset() {
 	*x = FetchStateResponse{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[16]
+	mi := &file_limiter_v1_peer_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1058,7 @@ func (x *FetchStateResponse) String() string {
 func (*FetchStateResponse) ProtoMessage() {}
 
 func (x *FetchStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[16]
+	mi := &file_limiter_v1_peer_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1071,7 @@ func (x *FetchStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchStateResponse.ProtoReflect.Descriptor instead.
 func (*FetchStateResponse) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{16}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FetchStateResponse) GetStates() []*KeyState {
@@ -963,7 +1098,7 @@ type PushStateRequest struct {
 
 func (x *PushStateRequest) Reset() {
 	*x = PushStateRequest{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[17]
+	mi := &file_limiter_v1_peer_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1110,7 @@ func (x *PushStateRequest) String() string {
 func (*PushStateRequest) ProtoMessage() {}
 
 func (x *PushStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[17]
+	mi := &file_limiter_v1_peer_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1123,7 @@ func (x *PushStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushStateRequest.ProtoReflect.Descriptor instead.
 func (*PushStateRequest) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{17}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PushStateRequest) GetStates() []*KeyState {
@@ -1007,7 +1142,7 @@ type PushStateResponse struct {
 
 func (x *PushStateResponse) Reset() {
 	*x = PushStateResponse{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[18]
+	mi := &file_limiter_v1_peer_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1154,7 @@ func (x *PushStateResponse) String() string {
 func (*PushStateResponse) ProtoMessage() {}
 
 func (x *PushStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[18]
+	mi := &file_limiter_v1_peer_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1167,7 @@ func (x *PushStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushStateResponse.ProtoReflect.Descriptor instead.
 func (*PushStateResponse) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{18}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{19}
 }
 
 // PeerMeta is the memberlist node metadata every limiterd node gossips.
@@ -1048,7 +1183,7 @@ type PeerMeta struct {
 
 func (x *PeerMeta) Reset() {
 	*x = PeerMeta{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[19]
+	mi := &file_limiter_v1_peer_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1195,7 @@ func (x *PeerMeta) String() string {
 func (*PeerMeta) ProtoMessage() {}
 
 func (x *PeerMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[19]
+	mi := &file_limiter_v1_peer_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1208,7 @@ func (x *PeerMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerMeta.ProtoReflect.Descriptor instead.
 func (*PeerMeta) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{19}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PeerMeta) GetVersion() uint32 {
@@ -1104,7 +1239,7 @@ type PolicyEntry struct {
 
 func (x *PolicyEntry) Reset() {
 	*x = PolicyEntry{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[20]
+	mi := &file_limiter_v1_peer_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1251,7 @@ func (x *PolicyEntry) String() string {
 func (*PolicyEntry) ProtoMessage() {}
 
 func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[20]
+	mi := &file_limiter_v1_peer_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1264,7 @@ func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
 func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{20}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PolicyEntry) GetName() string {
@@ -1170,7 +1305,7 @@ type PolicySnapshot struct {
 
 func (x *PolicySnapshot) Reset() {
 	*x = PolicySnapshot{}
-	mi := &file_limiter_v1_peer_proto_msgTypes[21]
+	mi := &file_limiter_v1_peer_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1317,7 @@ func (x *PolicySnapshot) String() string {
 func (*PolicySnapshot) ProtoMessage() {}
 
 func (x *PolicySnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_limiter_v1_peer_proto_msgTypes[21]
+	mi := &file_limiter_v1_peer_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1330,7 @@ func (x *PolicySnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicySnapshot.ProtoReflect.Descriptor instead.
 func (*PolicySnapshot) Descriptor() ([]byte, []int) {
-	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{21}
+	return file_limiter_v1_peer_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PolicySnapshot) GetEntries() []*PolicyEntry {
@@ -1227,11 +1362,26 @@ const file_limiter_v1_peer_proto_rawDesc = "" +
 	"\arequest\x18\x01 \x01(\v2\x18.limiter.v1.AllowRequestR\arequest\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"H\n" +
 	"\x15PeerAllowBatchRequest\x12/\n" +
-	"\x05items\x18\x01 \x03(\v2\x19.limiter.v1.PeerAllowItemR\x05items\"\x86\x01\n" +
-	"\x0fPeerAllowResult\x127\n" +
-	"\bresponse\x18\x01 \x01(\v2\x19.limiter.v1.AllowResponseH\x00R\bresponse\x120\n" +
+	"\x05items\x18\x01 \x03(\v2\x19.limiter.v1.PeerAllowItemR\x05items\"\x8b\x01\n" +
+	"\x0fPeerAllowResult\x126\n" +
+	"\bdecision\x18\x03 \x01(\v2\x18.limiter.v1.PeerDecisionH\x00R\bdecision\x120\n" +
 	"\x06status\x18\x02 \x01(\v2\x16.limiter.v1.ItemStatusH\x00R\x06statusB\b\n" +
-	"\x06result\"O\n" +
+	"\x06resultJ\x04\b\x01\x10\x02\"\xf0\x02\n" +
+	"\fPeerDecision\x12\x18\n" +
+	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x16\n" +
+	"\x06policy\x18\x03 \x01(\tR\x06policy\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\x03R\x05limit\x12\x1c\n" +
+	"\tremaining\x18\x05 \x01(\x03R\tremaining\x12$\n" +
+	"\x0eretry_after_ns\x18\x06 \x01(\x03R\fretryAfterNs\x12$\n" +
+	"\x0ereset_after_ns\x18\a \x01(\x03R\fresetAfterNs\x12\x19\n" +
+	"\blease_id\x18\b \x01(\tR\aleaseId\x12%\n" +
+	"\x0emax_concurrent\x18\t \x01(\x03R\rmaxConcurrent\x12\x1b\n" +
+	"\tin_flight\x18\n" +
+	" \x01(\x03R\binFlight\x12\x1a\n" +
+	"\bdegraded\x18\v \x01(\bR\bdegraded\x12\x1f\n" +
+	"\vshadow_code\x18\f \x01(\x05R\n" +
+	"shadowCode\"O\n" +
 	"\x16PeerAllowBatchResponse\x125\n" +
 	"\aresults\x18\x01 \x03(\v2\x1b.limiter.v1.PeerAllowResultR\aresults\"|\n" +
 	"\x0fPeerReleaseItem\x124\n" +
@@ -1296,7 +1446,7 @@ func file_limiter_v1_peer_proto_rawDescGZIP() []byte {
 	return file_limiter_v1_peer_proto_rawDescData
 }
 
-var file_limiter_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_limiter_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_limiter_v1_peer_proto_goTypes = []any{
 	(*PeerKeyRequest)(nil),           // 0: limiter.v1.PeerKeyRequest
 	(*PeerKeyResponse)(nil),          // 1: limiter.v1.PeerKeyResponse
@@ -1304,59 +1454,59 @@ var file_limiter_v1_peer_proto_goTypes = []any{
 	(*PeerAllowItem)(nil),            // 3: limiter.v1.PeerAllowItem
 	(*PeerAllowBatchRequest)(nil),    // 4: limiter.v1.PeerAllowBatchRequest
 	(*PeerAllowResult)(nil),          // 5: limiter.v1.PeerAllowResult
-	(*PeerAllowBatchResponse)(nil),   // 6: limiter.v1.PeerAllowBatchResponse
-	(*PeerReleaseItem)(nil),          // 7: limiter.v1.PeerReleaseItem
-	(*PeerReleaseBatchRequest)(nil),  // 8: limiter.v1.PeerReleaseBatchRequest
-	(*PeerReleaseResult)(nil),        // 9: limiter.v1.PeerReleaseResult
-	(*PeerReleaseBatchResponse)(nil), // 10: limiter.v1.PeerReleaseBatchResponse
-	(*KeyRef)(nil),                   // 11: limiter.v1.KeyRef
-	(*KeyState)(nil),                 // 12: limiter.v1.KeyState
-	(*ReplicateRequest)(nil),         // 13: limiter.v1.ReplicateRequest
-	(*ReplicateResponse)(nil),        // 14: limiter.v1.ReplicateResponse
-	(*FetchStateRequest)(nil),        // 15: limiter.v1.FetchStateRequest
-	(*FetchStateResponse)(nil),       // 16: limiter.v1.FetchStateResponse
-	(*PushStateRequest)(nil),         // 17: limiter.v1.PushStateRequest
-	(*PushStateResponse)(nil),        // 18: limiter.v1.PushStateResponse
-	(*PeerMeta)(nil),                 // 19: limiter.v1.PeerMeta
-	(*PolicyEntry)(nil),              // 20: limiter.v1.PolicyEntry
-	(*PolicySnapshot)(nil),           // 21: limiter.v1.PolicySnapshot
-	(*KeyInfo)(nil),                  // 22: limiter.v1.KeyInfo
-	(*AllowRequest)(nil),             // 23: limiter.v1.AllowRequest
-	(*durationpb.Duration)(nil),      // 24: google.protobuf.Duration
-	(*AllowResponse)(nil),            // 25: limiter.v1.AllowResponse
+	(*PeerDecision)(nil),             // 6: limiter.v1.PeerDecision
+	(*PeerAllowBatchResponse)(nil),   // 7: limiter.v1.PeerAllowBatchResponse
+	(*PeerReleaseItem)(nil),          // 8: limiter.v1.PeerReleaseItem
+	(*PeerReleaseBatchRequest)(nil),  // 9: limiter.v1.PeerReleaseBatchRequest
+	(*PeerReleaseResult)(nil),        // 10: limiter.v1.PeerReleaseResult
+	(*PeerReleaseBatchResponse)(nil), // 11: limiter.v1.PeerReleaseBatchResponse
+	(*KeyRef)(nil),                   // 12: limiter.v1.KeyRef
+	(*KeyState)(nil),                 // 13: limiter.v1.KeyState
+	(*ReplicateRequest)(nil),         // 14: limiter.v1.ReplicateRequest
+	(*ReplicateResponse)(nil),        // 15: limiter.v1.ReplicateResponse
+	(*FetchStateRequest)(nil),        // 16: limiter.v1.FetchStateRequest
+	(*FetchStateResponse)(nil),       // 17: limiter.v1.FetchStateResponse
+	(*PushStateRequest)(nil),         // 18: limiter.v1.PushStateRequest
+	(*PushStateResponse)(nil),        // 19: limiter.v1.PushStateResponse
+	(*PeerMeta)(nil),                 // 20: limiter.v1.PeerMeta
+	(*PolicyEntry)(nil),              // 21: limiter.v1.PolicyEntry
+	(*PolicySnapshot)(nil),           // 22: limiter.v1.PolicySnapshot
+	(*KeyInfo)(nil),                  // 23: limiter.v1.KeyInfo
+	(*AllowRequest)(nil),             // 24: limiter.v1.AllowRequest
+	(*durationpb.Duration)(nil),      // 25: google.protobuf.Duration
 	(*ReleaseRequest)(nil),           // 26: limiter.v1.ReleaseRequest
 	(*ReleaseResponse)(nil),          // 27: limiter.v1.ReleaseResponse
 }
 var file_limiter_v1_peer_proto_depIdxs = []int32{
-	22, // 0: limiter.v1.PeerKeyResponse.key:type_name -> limiter.v1.KeyInfo
-	23, // 1: limiter.v1.PeerAllowItem.request:type_name -> limiter.v1.AllowRequest
-	24, // 2: limiter.v1.PeerAllowItem.timeout:type_name -> google.protobuf.Duration
+	23, // 0: limiter.v1.PeerKeyResponse.key:type_name -> limiter.v1.KeyInfo
+	24, // 1: limiter.v1.PeerAllowItem.request:type_name -> limiter.v1.AllowRequest
+	25, // 2: limiter.v1.PeerAllowItem.timeout:type_name -> google.protobuf.Duration
 	3,  // 3: limiter.v1.PeerAllowBatchRequest.items:type_name -> limiter.v1.PeerAllowItem
-	25, // 4: limiter.v1.PeerAllowResult.response:type_name -> limiter.v1.AllowResponse
+	6,  // 4: limiter.v1.PeerAllowResult.decision:type_name -> limiter.v1.PeerDecision
 	2,  // 5: limiter.v1.PeerAllowResult.status:type_name -> limiter.v1.ItemStatus
 	5,  // 6: limiter.v1.PeerAllowBatchResponse.results:type_name -> limiter.v1.PeerAllowResult
 	26, // 7: limiter.v1.PeerReleaseItem.request:type_name -> limiter.v1.ReleaseRequest
-	24, // 8: limiter.v1.PeerReleaseItem.timeout:type_name -> google.protobuf.Duration
-	7,  // 9: limiter.v1.PeerReleaseBatchRequest.items:type_name -> limiter.v1.PeerReleaseItem
+	25, // 8: limiter.v1.PeerReleaseItem.timeout:type_name -> google.protobuf.Duration
+	8,  // 9: limiter.v1.PeerReleaseBatchRequest.items:type_name -> limiter.v1.PeerReleaseItem
 	27, // 10: limiter.v1.PeerReleaseResult.response:type_name -> limiter.v1.ReleaseResponse
 	2,  // 11: limiter.v1.PeerReleaseResult.status:type_name -> limiter.v1.ItemStatus
-	9,  // 12: limiter.v1.PeerReleaseBatchResponse.results:type_name -> limiter.v1.PeerReleaseResult
-	12, // 13: limiter.v1.ReplicateRequest.states:type_name -> limiter.v1.KeyState
-	11, // 14: limiter.v1.FetchStateRequest.refs:type_name -> limiter.v1.KeyRef
-	12, // 15: limiter.v1.FetchStateResponse.states:type_name -> limiter.v1.KeyState
-	12, // 16: limiter.v1.PushStateRequest.states:type_name -> limiter.v1.KeyState
-	20, // 17: limiter.v1.PolicySnapshot.entries:type_name -> limiter.v1.PolicyEntry
+	10, // 12: limiter.v1.PeerReleaseBatchResponse.results:type_name -> limiter.v1.PeerReleaseResult
+	13, // 13: limiter.v1.ReplicateRequest.states:type_name -> limiter.v1.KeyState
+	12, // 14: limiter.v1.FetchStateRequest.refs:type_name -> limiter.v1.KeyRef
+	13, // 15: limiter.v1.FetchStateResponse.states:type_name -> limiter.v1.KeyState
+	13, // 16: limiter.v1.PushStateRequest.states:type_name -> limiter.v1.KeyState
+	21, // 17: limiter.v1.PolicySnapshot.entries:type_name -> limiter.v1.PolicyEntry
 	4,  // 18: limiter.v1.Peer.AllowBatch:input_type -> limiter.v1.PeerAllowBatchRequest
-	8,  // 19: limiter.v1.Peer.ReleaseBatch:input_type -> limiter.v1.PeerReleaseBatchRequest
-	13, // 20: limiter.v1.Peer.Replicate:input_type -> limiter.v1.ReplicateRequest
-	15, // 21: limiter.v1.Peer.FetchState:input_type -> limiter.v1.FetchStateRequest
-	17, // 22: limiter.v1.Peer.PushState:input_type -> limiter.v1.PushStateRequest
+	9,  // 19: limiter.v1.Peer.ReleaseBatch:input_type -> limiter.v1.PeerReleaseBatchRequest
+	14, // 20: limiter.v1.Peer.Replicate:input_type -> limiter.v1.ReplicateRequest
+	16, // 21: limiter.v1.Peer.FetchState:input_type -> limiter.v1.FetchStateRequest
+	18, // 22: limiter.v1.Peer.PushState:input_type -> limiter.v1.PushStateRequest
 	0,  // 23: limiter.v1.Peer.Key:input_type -> limiter.v1.PeerKeyRequest
-	6,  // 24: limiter.v1.Peer.AllowBatch:output_type -> limiter.v1.PeerAllowBatchResponse
-	10, // 25: limiter.v1.Peer.ReleaseBatch:output_type -> limiter.v1.PeerReleaseBatchResponse
-	14, // 26: limiter.v1.Peer.Replicate:output_type -> limiter.v1.ReplicateResponse
-	16, // 27: limiter.v1.Peer.FetchState:output_type -> limiter.v1.FetchStateResponse
-	18, // 28: limiter.v1.Peer.PushState:output_type -> limiter.v1.PushStateResponse
+	7,  // 24: limiter.v1.Peer.AllowBatch:output_type -> limiter.v1.PeerAllowBatchResponse
+	11, // 25: limiter.v1.Peer.ReleaseBatch:output_type -> limiter.v1.PeerReleaseBatchResponse
+	15, // 26: limiter.v1.Peer.Replicate:output_type -> limiter.v1.ReplicateResponse
+	17, // 27: limiter.v1.Peer.FetchState:output_type -> limiter.v1.FetchStateResponse
+	19, // 28: limiter.v1.Peer.PushState:output_type -> limiter.v1.PushStateResponse
 	1,  // 29: limiter.v1.Peer.Key:output_type -> limiter.v1.PeerKeyResponse
 	24, // [24:30] is the sub-list for method output_type
 	18, // [18:24] is the sub-list for method input_type
@@ -1373,10 +1523,10 @@ func file_limiter_v1_peer_proto_init() {
 	file_limiter_v1_admin_proto_init()
 	file_limiter_v1_limiter_proto_init()
 	file_limiter_v1_peer_proto_msgTypes[5].OneofWrappers = []any{
-		(*PeerAllowResult_Response)(nil),
+		(*PeerAllowResult_Decision)(nil),
 		(*PeerAllowResult_Status)(nil),
 	}
-	file_limiter_v1_peer_proto_msgTypes[9].OneofWrappers = []any{
+	file_limiter_v1_peer_proto_msgTypes[10].OneofWrappers = []any{
 		(*PeerReleaseResult_Response)(nil),
 		(*PeerReleaseResult_Status)(nil),
 	}
@@ -1386,7 +1536,7 @@ func file_limiter_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_limiter_v1_peer_proto_rawDesc), len(file_limiter_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
