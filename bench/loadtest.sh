@@ -9,7 +9,10 @@
 # Options: --quick, -n CALLS, --rounds R, --keys N (default 10000),
 # --connections N (ghz connections, default 1), --rev REV (build limiterd
 # from the committed revision REV, e.g. HEAD, via git archive, instead of
-# the working tree), --no-cluster, --no-plot, -h.
+# the working tree), --no-cluster, --no-plot, --pprof (also save a CPU
+# profile of limiterd-1 during each of its measured ghz runs, as
+# bench/results/cpu-limiterd-1-cC.pprof; read it with
+# `go tool pprof -top BINARY FILE`), -h.
 #
 # What it does, in order:
 #   1. installs ghz v0.121.0 with `go install` unless ghz is on PATH or in
@@ -48,6 +51,8 @@ KEYS=10000
 GHZ_CONNS=1
 CLUSTER=1
 PLOT=1
+PPROF=0
+PPROF_ADDR=""
 REV=""
 while (($#)); do
 	case "$1" in
@@ -59,6 +64,7 @@ while (($#)); do
 	--rev) REV="$2"; shift ;;
 	--no-cluster) CLUSTER=0 ;;
 	--no-plot) PLOT=0 ;;
+	--pprof) PPROF=1 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) echo "loadtest: unknown argument $1 (try --help)" >&2; exit 2 ;;
 	esac
@@ -205,6 +211,11 @@ measure() {
 	html=$RESULTS/ghz-$server-c$c-r$round.html
 	ghz_run "$addr" "$c" "$WARMUP" "$TMP/warmup.html"
 	before=$(cpu_ticks "${pids[@]}")
+	if ((PPROF)) && [[ $server == limiterd-1 && $round == 1 ]]; then
+		# A profile of the first seconds of the measured run.
+		curl -s -o "$RESULTS/cpu-limiterd-1-c$c.pprof" "http://$PPROF_ADDR/debug/pprof/profile?seconds=3" &
+		PIDS+=("$!")
+	fi
 	ghz_run "$addr" "$c" "$N" "$html"
 	after=$(cpu_ticks "${pids[@]}")
 	stat=$("$TMP/ghzstat" "$html")
@@ -254,6 +265,10 @@ start_single() {
 	# With the cluster flags, an empty --gossip-addr is a single node
 	# without gossip (the default binds 127.0.0.1:7946).
 	if grep -q -- '-gossip-addr' <<<"$LIMITERD_HELP"; then solo=(--gossip-addr ""); fi
+	if ((PPROF)); then
+		PPROF_ADDR=127.0.0.1:$(free_port)
+		solo+=(--http-addr "$PPROF_ADDR" --pprof)
+	fi
 	start limiterd-1 "${LIMITERD[@]}" --data-dir "$TMP/data-1" ${solo[@]+"${solo[@]}"}
 	ADDR[limiterd-1]=$STARTED_ADDR
 	PIDSOF[limiterd-1]=$STARTED_PID
