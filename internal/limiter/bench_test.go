@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strconv"
 	"sync/atomic"
@@ -78,6 +79,7 @@ func BenchmarkAllowSyncAlways(b *testing.B) {
 			}
 			defer db.Close()
 			lcfg := DefaultConfig()
+			lcfg.Logger = slog.New(slog.DiscardHandler)
 			lcfg.Store = db
 			lcfg.SyncAlways = mode == "always"
 			lcfg.Policies = []policy.Policy{{Name: "default", Limit: 1 << 31, Window: 5 * time.Minute}}
