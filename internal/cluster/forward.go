@@ -224,6 +224,19 @@ func (f *forwarder) peer(m Member) (*peer, error) {
 	return p, nil
 }
 
+// Reconnect makes the connection to member name try again at once if it
+// is waiting out a reconnect backoff: the member was just heard from (it
+// asked this node for state after a restart), so calls to it should stop
+// failing over to replicas now rather than when the backoff ends.
+func (n *Node) Reconnect(name string) {
+	n.fw.mu.Lock()
+	p := n.fw.peers[name]
+	n.fw.mu.Unlock()
+	if p != nil {
+		p.conn.ResetConnectBackoff()
+	}
+}
+
 // closePeer drops the connection to a member that left. Calls still queued
 // for it fail with ErrOwnerUnavailable.
 func (f *forwarder) closePeer(name string) {

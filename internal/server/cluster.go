@@ -40,6 +40,7 @@ type peerNode interface {
 	Leave(ctx context.Context) error
 	Join(ctx context.Context, addrs ...string) (int, error)
 	GossipAddr() string
+	Reconnect(name string)
 	RegisterPeerService(s grpc.ServiceRegistrar, h cluster.Handler)
 }
 
@@ -435,6 +436,11 @@ func (c *Cluster) ExportState(ctx context.Context, refs []*limiterv1.KeyRef) ([]
 			if _, err := c.node.Join(ctx, addr); err != nil {
 				c.cfg.Logger.Warn("join a new member that fetched state", "member", name, "err", err)
 			}
+		}
+		if name != "" {
+			// It is up: stop waiting out a reconnect backoff to it, so this
+			// node stops deciding its keys as a replica.
+			c.node.Reconnect(name)
 		}
 	}
 	var out []*limiterv1.KeyState
