@@ -245,10 +245,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}()
 	}
 	if m.node != nil {
-		if len(cfg.Join) > 0 {
+		if len(cfg.Join) == 0 {
+			m.glue.Alone()
+		} else {
 			if _, err := m.node.Join(ctx); err == nil {
 				m.glue.Joined(ctx)
 			} else {
+				m.glue.Alone()
 				// Serve alone meanwhile: in a StatefulSet the other members
 				// may not be up yet. The node's reconnect loop keeps trying.
 				cfg.Logger.Warn("join failed; serving alone and retrying", "join", cfg.Join, "err", err)

@@ -93,6 +93,11 @@ type Cluster struct {
 	leaving atomic.Bool
 
 	nodeReady atomic.Bool // Start has set node
+	// joined is set once the node has joined the cluster at start (or has
+	// no one to join). Before that it does not decide keys: peers that
+	// still know it from before a restart would otherwise reach it before it
+	// knows anyone to take its keys' state from.
+	joined atomic.Bool
 
 	retryMu sync.Mutex
 	retry   map[string][]*limiterv1.KeyState // undelivered replica states, by member
@@ -154,7 +159,12 @@ func (c *Cluster) Joined(ctx context.Context) {
 	if !c.peersHoldState(ctx) {
 		c.epoch.CompareAndSwap(1, 0)
 	}
+	c.joined.Store(true)
 }
+
+// Alone marks a node that has no one to join at start (or whose join
+// failed and that serves alone meanwhile) as ready to decide.
+func (c *Cluster) Alone() { c.joined.Store(true) }
 
 // peersHoldState reports whether any other member holds key state, or
 // could not be asked.
@@ -203,7 +213,7 @@ func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (limit
 			res.Degraded = res.Degraded || i > 0
 			return res, nil
 		}
-		if !errors.Is(err, cluster.ErrOwnerUnavailable) {
+		if !errors.Is(err, cluster.ErrOwnerUnavailable) && !errors.Is(err, errStarting) && !errors.Is(err, errLeaving) {
 			return limiter.Result{}, err
 		}
 		c.cfg.Logger.Warn("key owner unreachable; trying the next replica", "key", req.GetKey(), "member", m.Name, "err", err)
@@ -268,6 +278,9 @@ func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p
 	defer c.gate.RUnlock()
 	if c.leaving.Load() {
 		return limiter.Result{}, errLeaving // the caller tries the next replica
+	}
+	if !c.joined.Load() {
+		return limiter.Result{}, errStarting // likewise
 	}
 	if ep, ok := c.needsSync(p, req.GetKey()); ok {
 		c.sync(ctx, p.Name, req.GetKey(), ep)
