@@ -61,9 +61,10 @@ type Config struct {
 	// Default 2s; must be positive.
 	ForwardTimeout time.Duration
 
-	// DialOptions are used for every peer connection, in place of the
-	// default (plain-text transport credentials and a reconnect backoff
-	// capped at 1s). Set it to add TLS or per-RPC credentials. Default nil.
+	// DialOptions are added to every peer connection's defaults (plain-text
+	// transport credentials and a reconnect backoff capped at 250ms, so a
+	// restarted peer is found again quickly); set it to add TLS credentials
+	// (they replace the plain-text ones) or per-RPC credentials. Default nil.
 	DialOptions []grpc.DialOption
 
 	// GossipInterval, ProbeInterval, ProbeTimeout and PushPullInterval tune

@@ -167,16 +167,15 @@ type forwarder struct {
 }
 
 func newForwarder(cfg Config, log *slog.Logger) *forwarder {
-	opts := cfg.DialOptions
-	if opts == nil {
-		opts = []grpc.DialOption{
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 250 * time.Millisecond},
-				MinConnectTimeout: time.Second,
-			}),
-		}
-	}
+	// Defaults first: Config.DialOptions come after them, so their transport
+	// credentials (TLS) replace the plain-text default.
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 250 * time.Millisecond},
+			MinConnectTimeout: time.Second,
+		}),
+	}, cfg.DialOptions...)
 	return &forwarder{size: cfg.BatchSize, wait: cfg.BatchWait, opts: opts, log: log, peers: make(map[string]*peer),
 		faults: cfg.Faults, self: cfg.NodeName, onBatch: cfg.OnBatch}
 }

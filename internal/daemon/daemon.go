@@ -21,9 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/limiterd/limiterd/internal/auth"
 	"github.com/limiterd/limiterd/internal/cluster"
@@ -331,21 +329,12 @@ func (m *Main) startCluster() error {
 	return nil
 }
 
-// peerDialOptions returns how this node dials its peers: TLS when PeerTLS
-// is set, the peer secret when set, and a reconnect backoff capped at 1s.
+// peerDialOptions returns what this node adds to the cluster's dial
+// options for its peers: TLS when PeerTLS is set, the peer secret when set.
 func (m *Main) peerDialOptions() []grpc.DialOption {
-	creds := insecure.NewCredentials()
+	var opts []grpc.DialOption
 	if m.cfg.PeerTLS != nil {
-		creds = credentials.NewTLS(m.cfg.PeerTLS)
-	}
-	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(creds),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			// A restarted peer is found again within 250ms; meanwhile calls
-			// to it fail fast and go to the next replica.
-			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 250 * time.Millisecond},
-			MinConnectTimeout: time.Second,
-		}),
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(m.cfg.PeerTLS)))
 	}
 	if m.cfg.PeerSecret != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(auth.PeerCredentials(m.cfg.PeerSecret)))
