@@ -72,6 +72,12 @@ type Config struct {
 	Replicate bool
 	// OnFlush, when set, is told how long each flush that wrote records took.
 	OnFlush func(d time.Duration, records int)
+	// NodeID names this process as the decider of the hits it counts, in
+	// the state it stores and sends to peers, so that the hits two nodes
+	// decide concurrently add up when their copies merge (see
+	// window.Sliding.MergeFrom). It must differ between processes and
+	// between restarts of one node; 0 picks a random one.
+	NodeID uint64
 }
 
 // DefaultConfig returns a Config with every field set.
@@ -210,6 +216,7 @@ func (l *Limiter) get(t *table, sh *shard, key string, create bool) *entry {
 		if v, err := l.cfg.Store.Get(store.KindState, storeKey(t.name, key)); err == nil {
 			var st window.State
 			if err := st.UnmarshalBinary(v); err == nil {
+				st.Window.Adopt(l.cfg.NodeID)
 				e := &entry{key: key, st: st}
 				sh.m[key] = e
 				return e
@@ -237,6 +244,9 @@ func New(cfg Config) (*Limiter, error) {
 		n <<= 1
 	}
 	cfg.Shards = n
+	for cfg.NodeID == 0 {
+		cfg.NodeID = rand.Uint64()
+	}
 	l := &Limiter{cfg: cfg, seed: maphash.MakeSeed(), records: map[string]policy.Record{}, stop: make(chan struct{}), done: make(chan struct{})}
 	tables := map[string]*table{}
 	ps := cfg.Policies
@@ -369,7 +379,7 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 	if changed {
 		l.markChanged(sh, e)
 		if l.cfg.SyncAlways && l.cfg.Store != nil {
-			snapshot, _ = st.AppendBinary(nil)
+			snapshot, _ = st.AppendBinaryFrom(nil, l.cfg.NodeID)
 			e.syncing.Add(1)
 			defer e.syncing.Add(-1)
 		} else {
@@ -423,7 +433,7 @@ func (l *Limiter) ReleaseID(ctx context.Context, lid LeaseID) (inFlight int64, e
 	if e.st.Leases.Len() != before {
 		l.markChanged(sh, e)
 		if l.cfg.SyncAlways && l.cfg.Store != nil {
-			snapshot, _ = e.st.AppendBinary(nil)
+			snapshot, _ = e.st.AppendBinaryFrom(nil, l.cfg.NodeID)
 			e.syncing.Add(1)
 			defer e.syncing.Add(-1)
 		} else {

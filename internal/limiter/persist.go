@@ -80,7 +80,7 @@ func (l *Limiter) Flush(ctx context.Context) error {
 				buf = append(buf, 0)
 				buf = append(buf, e.key...)
 				mid := len(buf)
-				buf, _ = e.st.AppendBinary(buf)
+				buf, _ = e.st.AppendBinaryFrom(buf, l.cfg.NodeID)
 				ops = append(ops, store.Op{Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
 			}
 			sh.dirty = sh.dirty[:0]
@@ -256,6 +256,7 @@ func (l *Limiter) load() error {
 		if err := st.UnmarshalBinary(v); err != nil {
 			return fmt.Errorf("state record %q: %w: %v", k, store.ErrCorrupt, err)
 		}
+		st.Window.Adopt(l.cfg.NodeID) // written by an earlier process
 		t := tables[pname]
 		if t == nil {
 			orphans++

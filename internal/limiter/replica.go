@@ -28,7 +28,7 @@ func (l *Limiter) TakeChanged(encode bool) []KeyState {
 				if e.gone || !encode {
 					continue
 				}
-				v, _ := e.st.AppendBinary(nil)
+				v, _ := e.st.AppendBinaryFrom(nil, l.cfg.NodeID)
 				out = append(out, KeyState{Policy: t.name, Key: e.key, State: v})
 			}
 			sh.replDirty = sh.replDirty[:0]
@@ -48,7 +48,7 @@ func (l *Limiter) Export(keep func(policy, key string) bool) []KeyState {
 			sh.mu.Lock()
 			for k, e := range sh.m {
 				if keep == nil || keep(t.name, k) {
-					v, _ := e.st.AppendBinary(nil)
+					v, _ := e.st.AppendBinaryFrom(nil, l.cfg.NodeID)
 					out = append(out, KeyState{Policy: t.name, Key: k, State: v})
 				}
 			}
@@ -71,12 +71,12 @@ func (l *Limiter) State(policyName, key string) ([]byte, bool) {
 	if e == nil {
 		return nil, false
 	}
-	v, _ := e.st.AppendBinary(nil)
+	v, _ := e.st.AppendBinaryFrom(nil, l.cfg.NodeID)
 	return v, true
 }
 
-// Merge folds another node's copy of a key into this node's, never counting
-// fewer hits than either (window.State.Merge). With replaceLeases the copy's
+// Merge folds another node's copy of a key into this node's, per deciding
+// node (window.State.MergeFrom): hits both decided concurrently add up. With replaceLeases the copy's
 // leases replace this node's: a replica takes its owner's word on leases.
 // The key is marked synced at epoch (see Synced). Merged state is written to
 // the store at the next flush but not replicated onwards.
@@ -100,7 +100,7 @@ func (l *Limiter) Merge(ks KeyState, replaceLeases bool, epoch uint64) error {
 	defer sh.mu.Unlock()
 	e := l.get(t, sh, ks.Key, true)
 	if len(ks.State) > 0 {
-		e.st.Merge(&c.rate, &in, replaceLeases)
+		e.st.MergeFrom(&c.rate, &in, replaceLeases, l.cfg.NodeID)
 		sh.markDirty(e)
 	}
 	e.synced = max(e.synced, epoch)

@@ -166,6 +166,24 @@ func (st *State) AppendBinary(b []byte) ([]byte, error) {
 	return st.Leases.AppendBinary(b)
 }
 
+// AppendBinaryFrom appends the encoding of st, kept by node self, to b,
+// with who decided its hits (Sliding.AppendBinaryFrom).
+func (st *State) AppendBinaryFrom(b []byte, self uint64) ([]byte, error) {
+	b, _ = st.Window.AppendBinaryFrom(b, self)
+	return st.Leases.AppendBinary(b)
+}
+
+// MergeFrom is Merge for node self: the windows are merged per deciding
+// node (Sliding.MergeFrom).
+func (st *State) MergeFrom(r *Rate, o *State, replaceLeases bool, self uint64) {
+	st.Window.MergeFrom(r, &o.Window, self)
+	if replaceLeases {
+		st.Leases.Replace(&o.Leases)
+	} else {
+		st.Leases.Merge(&o.Leases)
+	}
+}
+
 // MarshalBinary encodes st; UnmarshalBinary restores it.
 func (st *State) MarshalBinary() ([]byte, error) { return st.AppendBinary(nil) }
 

@@ -139,7 +139,26 @@ func fuzzSeeds(f *testing.F, part func(*State) []byte) {
 		rng := rand.New(rand.NewPCG(uint64(seed), 11))
 		st, _ := buildState(rng, fuzzRates[seed], 30)
 		f.Add(part(st))
+		// The same with hits decided by two other nodes (deciders).
+		o1, _ := buildState(rng, fuzzRates[seed], 10)
+		o2, _ := buildState(rng, fuzzRates[seed], 10)
+		st.Window.MergeFrom(&fuzzRates[seed], decoded(&o1.Window, 100), 1)
+		st.Window.MergeFrom(&fuzzRates[seed], decoded(&o2.Window, 200), 1)
+		withPeers := *st
+		b, _ := st.Window.AppendBinaryFrom(nil, 1)
+		_ = withPeers.Window.UnmarshalBinary(b)
+		f.Add(part(&withPeers))
 	}
+}
+
+// decoded returns s as another node, id, would send it.
+func decoded(s *Sliding, id uint64) *Sliding {
+	b, _ := s.AppendBinaryFrom(nil, id)
+	var out Sliding
+	if err := out.UnmarshalBinary(b); err != nil {
+		panic(err)
+	}
+	return &out
 }
 
 // useWindow exercises a decoded window under every fuzz Rate.
@@ -153,6 +172,14 @@ func useWindow(w *Sliding, now int64, hits int64) {
 			c.Count(&r, time.Unix(0, t))
 		}
 		if _, err := c.MarshalBinary(); err != nil {
+			panic(err)
+		}
+		var d Sliding
+		d.Add(&r, time.Unix(0, now), 1)
+		d.MergeFrom(&r, w, 7)
+		d.MergeFrom(&r, w, 7)
+		d.Adopt(9)
+		if _, err := d.AppendBinaryFrom(nil, 9); err != nil {
 			panic(err)
 		}
 	}

@@ -14,6 +14,7 @@ func (s *Sliding) Merge(r *Rate, o *Sliding) {
 		return
 	}
 	oc := *o
+	oc.ext = nil // who decided what is MergeFrom's business
 	if oc.step != r.step || len(oc.counts) != r.buckets+1 {
 		oc.counts = slices.Clone(oc.counts)
 		oc.rebase(r)

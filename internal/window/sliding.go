@@ -27,10 +27,11 @@ type Decision struct {
 // Sliding counts the hits of one key in steps of a Rate. The zero value is an
 // empty window, ready to use. A Sliding is not safe for concurrent use.
 type Sliding struct {
-	last   int64    // newest time seen, Unix nanoseconds
-	step   int64    // the step counts were made with, ns; 0 before first use
-	total  int64    // sum of counts
-	counts []uint32 // ring of buckets+1 steps; step b lives at b mod len
+	last   int64     // newest time seen, Unix nanoseconds
+	step   int64     // the step counts were made with, ns; 0 before first use
+	total  int64     // sum of counts
+	counts []uint32  // ring of buckets+1 steps; step b lives at b mod len
+	ext    *deciders // other nodes' share of counts; nil for most keys
 }
 
 // Peek returns the decision for hits at now without counting anything.
@@ -188,22 +189,39 @@ func (s *Sliding) advance(r *Rate, now time.Time) {
 	if cur-head >= n {
 		clear(s.counts)
 		s.total = 0
+		if s.ext != nil {
+			s.ext.peers = nil
+		}
 	} else {
 		for b := head + 1; b <= cur; b++ {
 			i := mod(b, n)
 			s.total -= int64(s.counts[i])
 			s.counts[i] = 0
+			if s.ext != nil {
+				s.clearPeersAt(i)
+			}
 		}
 	}
 	s.last = ns
+	if s.ext != nil && cur > head {
+		s.dropEmptyPeers()
+	}
 }
 
 // rebase moves counts made with another step or bucket count onto r,
 // conservatively: the hits of each old step are placed in the step of r that
 // holds the end of that old step (or s.last, if sooner), so no hit is
 // forgotten before r would forget it. Hits that r has already forgotten at
-// s.last are dropped. s.last, the newest time seen, is kept.
+// s.last are dropped. s.last, the newest time seen, is kept. Peer rings
+// are dropped: their hits stay counted, as this node's own (a later merge of
+// the same peer's copy may count them twice: conservative).
 func (s *Sliding) rebase(r *Rate) {
+	if s.ext != nil {
+		s.ext.peers = nil
+		if s.ext.from == 0 {
+			s.ext = nil
+		}
+	}
 	if s.counts == nil {
 		s.step, s.total = 0, 0
 		return
@@ -237,13 +255,28 @@ func (s *Sliding) rebase(r *Rate) {
 const slidingVersion = 1
 
 // AppendBinary appends the encoding of s to b.
+// Peer rings and the decider of a copy not yet adopted are kept; who
+// decided the own hits is not named: see AppendBinaryFrom.
 func (s *Sliding) AppendBinary(b []byte) ([]byte, error) {
+	if s.ext != nil {
+		return s.AppendBinaryFrom(b, 0)
+	}
+	return s.appendV1(b), nil
+}
+
+// appendV1 appends the encoding without deciders.
+func (s *Sliding) appendV1(b []byte) []byte {
 	b = append(b, slidingVersion)
+	return s.appendRing(b)
+}
+
+// appendRing appends the time, step and counts of s.
+func (s *Sliding) appendRing(b []byte) []byte {
 	b = binary.AppendVarint(b, s.last)
 	b = binary.AppendUvarint(b, uint64(s.step))
 	b = binary.AppendUvarint(b, uint64(len(s.counts)))
 	if len(s.counts) == 0 {
-		return b, nil
+		return b
 	}
 	// Oldest step first, so the encoding does not depend on ring rotation.
 	n := int64(len(s.counts))
@@ -251,7 +284,7 @@ func (s *Sliding) AppendBinary(b []byte) ([]byte, error) {
 	for b0 := head - n + 1; b0 <= head; b0++ {
 		b = binary.AppendUvarint(b, uint64(s.counts[mod(b0, n)]))
 	}
-	return b, nil
+	return b
 }
 
 // MarshalBinary encodes s; UnmarshalBinary restores it.
@@ -274,7 +307,7 @@ func (s *Sliding) UnmarshalBinary(data []byte) error {
 
 // decode is UnmarshalBinary that reports how many bytes it read.
 func (s *Sliding) decode(data []byte) (int, error) {
-	if len(data) < 1 || data[0] != slidingVersion {
+	if len(data) < 1 || data[0] != slidingVersion && data[0] != slidingVersionDeciders {
 		return 0, fmt.Errorf("%w: sliding: bad version", ErrCorrupt)
 	}
 	p := 1
@@ -310,9 +343,18 @@ func (s *Sliding) decode(data []byte) (int, error) {
 			out.total += int64(c)
 		}
 	}
+	if data[0] == slidingVersionDeciders {
+		k, err := out.decodeDeciders(data[p:])
+		if err != nil {
+			return 0, err
+		}
+		p += k
+	}
 	*s = out
 	return p, nil
 }
+
+func timeUnix(ns int64) time.Time { return time.Unix(0, ns) }
 
 func floorDiv(a, b int64) int64 {
 	q := a / b

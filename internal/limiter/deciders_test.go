@@ -1,0 +1,61 @@
+package limiter
+
+import (
+	"testing"
+)
+
+// exchange merges a's copy of key into b, as replication or a sync does.
+func exchange(t *testing.T, from, to *Limiter, key string) {
+	t.Helper()
+	st, ok := from.State("default", key)
+	if !ok {
+		t.Fatalf("State(%q) on the sender: not found", key)
+	}
+	if err := to.Merge(KeyState{Policy: "default", Key: key, State: st}, false, 0); err != nil {
+		t.Fatalf("Merge() error = %v", err)
+	}
+}
+
+// TestConcurrentDecidersAddUp: an owner back from a restart and the replica
+// that stood in for it both admit hits of one key before they hear of each
+// other. Once their copies meet, the key has used the hits of both: the
+// cluster never admits more than the limit over the episode.
+func TestConcurrentDecidersAddUp(t *testing.T) {
+	clk := newClock()
+	dir := t.TempDir()
+	db := mustOpenStore(t, dir)
+	owner := mustNew(t, clk, db)
+	replica := mustNew(t, clk, nil)
+	for range 300 {
+		allow(t, owner, Request{Key: "k"})
+	}
+	exchange(t, owner, replica, "k")
+	if err := owner.Close(); err != nil { // flushes: the store has 300
+		t.Fatalf("Close() error = %v", err)
+	}
+	db.Close()
+	// The owner is down: the replica stands in for it.
+	for range 20 {
+		allow(t, replica, Request{Key: "k"})
+	}
+
+	// The restarted owner (a new process) reads the store, then merges the
+	// replica's copy; then both decide for a while without hearing of
+	// each other.
+	db2 := mustOpenStore(t, dir)
+	restarted := mustNew(t, clk, db2)
+	exchange(t, replica, restarted, "k")
+	for range 100 {
+		allow(t, restarted, Request{Key: "k"})
+		allow(t, replica, Request{Key: "k"})
+	}
+	exchange(t, replica, restarted, "k")
+	exchange(t, restarted, replica, "k")
+	// 300 + 20 + 2 x 100 = 520 admitted; 80 left on both.
+	for name, l := range map[string]*Limiter{"restarted owner": restarted, "replica": replica} {
+		res := allow(t, l, Request{Key: "k", DryRun: true})
+		if res.Remaining != 79 {
+			t.Errorf("%s: Remaining = %d, want 79 (600 - 520 admitted - 1 asked)", name, res.Remaining)
+		}
+	}
+}

@@ -1,0 +1,307 @@
+package window
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+)
+
+// Deciders: which node counted which hits.
+//
+// A key has one owner, but around a failure two nodes can decide it at the
+// same time: a replica that took over while the owner was unreachable, and
+// the owner once it is back. Merging their copies by taking the larger count
+// per step would then keep only one side's hits. So a Sliding can also keep,
+// per other node, the counts that node decided (a G-counter per step):
+// counts holds the sum over all deciders, each peer ring the counts of one
+// other node, and this node's own counts are counts minus the peers'. Merging
+// takes the larger count per node and step, which is idempotent and
+// commutative and adds up the hits of concurrent deciders instead of keeping
+// the larger.
+//
+// Nodes are told apart by an id that is new for every process (an
+// incarnation): a node that restarts after losing its last unflushed hits
+// must not take its older, larger counts from a peer for its own and count
+// new hits on top of them as if they were the same.
+//
+// Most keys are only ever decided by their owner: then there are no peer
+// rings and Allow does exactly what it did without them.
+
+// maxPeers bounds the peer rings one key keeps (and that a decoder accepts).
+const maxPeers = 64
+
+// slidingVersionDeciders is the encoding that carries deciders.
+const slidingVersionDeciders = 2
+
+// deciders is the per-node breakdown of a Sliding's counts.
+type deciders struct {
+	// from is the node whose own counts these are when s was decoded from
+	// another node's (or an earlier process's) encoding; 0 once adopted by
+	// the node that counts in it.
+	from  uint64
+	peers []peerRing
+}
+
+// peerRing holds the counts one other node decided, laid out like
+// Sliding.counts (the same steps at the same positions).
+type peerRing struct {
+	id     uint64
+	counts []uint32
+}
+
+// Adopt makes s the state this node, self, counts in: when s was encoded
+// by another node or process, the hits that one counted as its own become
+// its peer ring, so that hits counted here from now on are told apart from
+// them. Call it on state read back from a store or another node before
+// counting in it. self 0 is a no-op.
+func (s *Sliding) Adopt(self uint64) {
+	if s.ext == nil || self == 0 {
+		return
+	}
+	from := s.ext.from
+	s.ext.from = 0
+	if i := s.peerIndex(self); i >= 0 { // counted here after all: own again
+		s.ext.peers = slices.Delete(s.ext.peers, i, i+1)
+	}
+	if from != 0 && from != self && s.counts != nil {
+		// Those hits are in counts already: they only get their owner.
+		if own := s.own(); !allZero(own) && len(s.ext.peers) < maxPeers {
+			s.ext.peers = append(s.ext.peers, peerRing{id: from, counts: own})
+		}
+	}
+	s.dropEmptyPeers()
+}
+
+// own returns the counts of the node that holds s (counts minus the
+// peers'), as a new ring.
+func (s *Sliding) own() []uint32 {
+	own := slices.Clone(s.counts)
+	if s.ext == nil {
+		return own
+	}
+	for _, p := range s.ext.peers {
+		for i, c := range p.counts {
+			own[i] -= min(own[i], c)
+		}
+	}
+	return own
+}
+
+func (s *Sliding) peerIndex(id uint64) int {
+	if s.ext == nil {
+		return -1
+	}
+	return slices.IndexFunc(s.ext.peers, func(p peerRing) bool { return p.id == id })
+}
+
+// mergeRing folds in, the counts node id decided (laid out like s.counts),
+// into s for the steps lo..hi: per step the larger of what s knows of id and
+// in, the difference added to the total. For id == self, in is compared
+// with s's own counts.
+func (s *Sliding) mergeRing(self, id uint64, in []uint32, lo, hi int64) {
+	n := int64(len(s.counts))
+	if id == self && self != 0 {
+		own := s.own()
+		for b := lo; b <= hi; b++ {
+			i := mod(b, n)
+			if in[i] > own[i] {
+				s.addAt(i, int64(in[i]-own[i]))
+			}
+		}
+		return
+	}
+	k := s.peerIndex(id)
+	if k < 0 {
+		if allZeroIn(in, lo, hi, n) {
+			return
+		}
+		if s.ext == nil {
+			s.ext = &deciders{}
+		}
+		if len(s.ext.peers) >= maxPeers {
+			// Too many deciders to tell apart: take the larger total per
+			// step for this one, which may undercount it but never holds
+			// unbounded state.
+			for b := lo; b <= hi; b++ {
+				i := mod(b, n)
+				if in[i] > s.counts[i] {
+					s.addAt(i, int64(in[i]-s.counts[i]))
+				}
+			}
+			return
+		}
+		s.ext.peers = append(s.ext.peers, peerRing{id: id, counts: make([]uint32, n)})
+		k = len(s.ext.peers) - 1
+	}
+	pc := s.ext.peers[k].counts
+	for b := lo; b <= hi; b++ {
+		i := mod(b, n)
+		if in[i] > pc[i] {
+			s.addAt(i, int64(in[i]-pc[i]))
+			pc[i] = in[i]
+		}
+	}
+}
+
+// addAt adds c hits to the step at ring position i, saturating.
+func (s *Sliding) addAt(i int64, c int64) {
+	v := min(int64(s.counts[i])+c, MaxLimit)
+	s.total += v - int64(s.counts[i])
+	s.counts[i] = uint32(v)
+}
+
+// clearPeersAt zeroes ring position i in every peer ring.
+func (s *Sliding) clearPeersAt(i int64) {
+	for _, p := range s.ext.peers {
+		p.counts[i] = 0
+	}
+}
+
+// dropEmptyPeers forgets peer rings with no hits left in them.
+func (s *Sliding) dropEmptyPeers() {
+	if s.ext == nil {
+		return
+	}
+	s.ext.peers = slices.DeleteFunc(s.ext.peers, func(p peerRing) bool { return allZero(p.counts) })
+	if len(s.ext.peers) == 0 && s.ext.from == 0 {
+		s.ext = nil
+	}
+}
+
+// Peers reports how many other nodes' counts s tells apart.
+func (s *Sliding) Peers() int {
+	if s.ext == nil {
+		return 0
+	}
+	return len(s.ext.peers)
+}
+
+func allZero(c []uint32) bool {
+	for _, v := range c {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func allZeroIn(c []uint32, lo, hi, n int64) bool {
+	for b := lo; b <= hi; b++ {
+		if c[mod(b, n)] != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// MergeFrom folds o, another node's copy of the key, into s, which node
+// self counts in. When o carries who decided its hits (an encoding from
+// AppendBinaryFrom), hits are merged per deciding node, so hits decided
+// concurrently on two nodes add up; otherwise (self 0, or an older
+// encoding) it is Merge, the larger count per step. o is not modified.
+func (s *Sliding) MergeFrom(r *Rate, o *Sliding, self uint64) {
+	if o.counts == nil {
+		return
+	}
+	if o.ext == nil || o.ext.from == 0 || self == 0 {
+		s.Merge(r, o)
+		return
+	}
+	s.Adopt(self)
+	oc := *o
+	oc.counts = slices.Clone(o.counts)
+	oc.ext = &deciders{from: o.ext.from, peers: o.ext.peers}
+	if oc.step != r.step || len(oc.counts) != r.buckets+1 {
+		oc.rebase(r) // drops oc's peers: their hits count as the sender's
+	}
+	n := int64(len(oc.counts))
+	if s.counts == nil {
+		s.counts = make([]uint32, n)
+		s.step, s.last, s.total = oc.step, oc.last, 0
+	}
+	if oc.last > s.last {
+		s.advance(r, timeUnix(oc.last))
+	} else {
+		s.advance(r, timeUnix(s.last))
+	}
+	head, oHead := floorDiv(s.last, r.step), floorDiv(oc.last, r.step)
+	lo, hi := max(head-n+1, oHead-n+1), min(head, oHead)
+	if lo > hi {
+		return
+	}
+	s.mergeRing(self, oc.ext.from, oc.own(), lo, hi)
+	for _, p := range oc.ext.peers {
+		s.mergeRing(self, p.id, p.counts, lo, hi)
+	}
+	s.dropEmptyPeers()
+}
+
+// AppendBinaryFrom appends the encoding of s, kept by node self, to b,
+// naming self as the decider of s's own hits and carrying the peer rings
+// (see MergeFrom). With self 0 and no peer rings it is AppendBinary.
+func (s *Sliding) AppendBinaryFrom(b []byte, self uint64) ([]byte, error) {
+	from := self
+	if s.ext != nil && s.ext.from != 0 {
+		from = s.ext.from // not adopted: its own hits are still from's
+	}
+	if from == 0 && s.Peers() == 0 || len(s.counts) == 0 {
+		return s.appendV1(b), nil
+	}
+	b = append(b, slidingVersionDeciders)
+	b = s.appendRing(b)
+	b = binary.AppendUvarint(b, from)
+	b = binary.AppendUvarint(b, uint64(s.Peers()))
+	if s.ext != nil {
+		n := int64(len(s.counts))
+		head := floorDiv(s.last, s.step)
+		for _, p := range s.ext.peers {
+			b = binary.AppendUvarint(b, p.id)
+			for b0 := head - n + 1; b0 <= head; b0++ {
+				b = binary.AppendUvarint(b, uint64(p.counts[mod(b0, n)]))
+			}
+		}
+	}
+	return b, nil
+}
+
+// decodeDeciders reads what AppendBinaryFrom writes after the ring.
+func (s *Sliding) decodeDeciders(data []byte) (int, error) {
+	if len(s.counts) == 0 {
+		return 0, fmt.Errorf("%w: sliding: deciders of an empty window", ErrCorrupt)
+	}
+	p := 0
+	from, k := binary.Uvarint(data[p:])
+	if k <= 0 {
+		return 0, fmt.Errorf("%w: sliding: bad decider", ErrCorrupt)
+	}
+	p += k
+	np, k := binary.Uvarint(data[p:])
+	if k <= 0 || np > maxPeers {
+		return 0, fmt.Errorf("%w: sliding: bad peer count", ErrCorrupt)
+	}
+	p += k
+	ext := &deciders{from: from}
+	n := int64(len(s.counts))
+	for range np {
+		id, k := binary.Uvarint(data[p:])
+		if k <= 0 || id == 0 || id == from || slices.ContainsFunc(ext.peers, func(q peerRing) bool { return q.id == id }) {
+			return 0, fmt.Errorf("%w: sliding: bad peer id", ErrCorrupt)
+		}
+		p += k
+		pr := peerRing{id: id, counts: make([]uint32, n)}
+		head := floorDiv(s.last, s.step)
+		for b := head - n + 1; b <= head; b++ {
+			c, k := binary.Uvarint(data[p:])
+			if k <= 0 || c > MaxLimit || uint32(c) > s.counts[mod(b, n)] {
+				return 0, fmt.Errorf("%w: sliding: bad peer count", ErrCorrupt)
+			}
+			p += k
+			pr.counts[mod(b, n)] = uint32(c)
+		}
+		ext.peers = append(ext.peers, pr)
+	}
+	if from != 0 || len(ext.peers) > 0 {
+		s.ext = ext
+	}
+	return p, nil
+}

@@ -1,0 +1,195 @@
+package window
+
+import (
+	"errors"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// node is one limiterd process's copy of a key, for the tests below.
+type node struct {
+	id uint64
+	s  Sliding
+}
+
+// send encodes n's copy as it travels to a peer.
+func (n *node) send(t *testing.T) *Sliding {
+	t.Helper()
+	b, err := n.s.AppendBinaryFrom(nil, n.id)
+	if err != nil {
+		t.Fatalf("AppendBinaryFrom() error = %v", err)
+	}
+	var out Sliding
+	if err := out.UnmarshalBinary(b); err != nil {
+		t.Fatalf("UnmarshalBinary(AppendBinaryFrom()) error = %v", err)
+	}
+	return &out
+}
+
+func (n *node) recv(t *testing.T, r *Rate, from *node) { n.s.MergeFrom(r, from.send(t), n.id) }
+
+// TestMergeFromAddsConcurrentDeciders is the failure max-merging gets wrong:
+// two nodes decide the same key from the same state at the same time (an
+// owner back from a restart and the replica that stood in for it); once
+// their copies are exchanged, both count the hits of both.
+func TestMergeFromAddsConcurrentDeciders(t *testing.T) {
+	r := MustRate(100, time.Minute, 60)
+	a, b := &node{id: 1}, &node{id: 2}
+	a.s.Add(&r, at(0), 30)
+	b.recv(t, &r, a) // replication
+	a.s.Add(&r, at(100*time.Millisecond), 5)
+	b.s.Add(&r, at(150*time.Millisecond), 7) // b decides too, same step
+	a.recv(t, &r, b)
+	b.recv(t, &r, a)
+	for _, n := range []*node{a, b} {
+		if got := n.s.Count(&r, at(time.Second)); got != 42 {
+			t.Errorf("node %d counts %d, want 42 (30 + 5 + 7)", n.id, got)
+		}
+	}
+	// Idempotent: merging the same copies again changes nothing.
+	a.recv(t, &r, b)
+	b.recv(t, &r, a)
+	a.recv(t, &r, a)
+	if got := a.s.Count(&r, at(time.Second)); got != 42 {
+		t.Errorf("after repeated merges node 1 counts %d, want 42", got)
+	}
+	// Plain Merge (max per step) keeps only the larger side: the bug.
+	var x, y Sliding
+	x.Add(&r, at(0), 35)
+	y.Add(&r, at(0), 37)
+	x.Merge(&r, &y)
+	if got := x.Count(&r, at(time.Second)); got != 37 {
+		t.Fatalf("Merge counts %d, want 37 (max per step)", got)
+	}
+}
+
+// TestAdoptAfterRestart: a node restarts with a new id and an older copy of
+// its own state (its last hits were not flushed); a peer holds the newer
+// copy. Hits it counts after the restart are added to, not hidden behind,
+// what the peer knows of its previous life.
+func TestAdoptAfterRestart(t *testing.T) {
+	r := MustRate(1000, time.Minute, 60)
+	old, peer := &node{id: 10}, &node{id: 20}
+	old.s.Add(&r, at(0), 50)
+	flushed, err := old.s.AppendBinaryFrom(nil, old.id) // what the store has
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.s.Add(&r, at(10*time.Millisecond), 8) // not flushed: lost at kill -9
+	peer.recv(t, &r, old)                     // but replicated
+
+	restarted := &node{id: 11}
+	if err := restarted.s.UnmarshalBinary(flushed); err != nil {
+		t.Fatal(err)
+	}
+	restarted.s.Adopt(restarted.id)
+	if restarted.s.Peers() != 1 {
+		t.Fatalf("after Adopt: %d peer rings, want 1 (the previous process)", restarted.s.Peers())
+	}
+	restarted.s.Add(&r, at(time.Second), 4)
+	restarted.recv(t, &r, peer)
+	peer.recv(t, &r, restarted)
+	for _, n := range []*node{restarted, peer} {
+		if got := n.s.Count(&r, at(2*time.Second)); got != 62 {
+			t.Errorf("node %d counts %d, want 62 (50 + 8 + 4)", n.id, got)
+		}
+	}
+}
+
+// TestMergeFromConverges runs random histories on three nodes that decide
+// one key concurrently and exchange copies at random; after a final
+// all-to-all exchange every node counts exactly the hits all of them
+// admitted, and never less than any node alone at any point.
+func TestMergeFromConverges(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	for seed := range 200 {
+		r := MustRate(MaxLimit, time.Duration(1+rng.IntN(120))*time.Second, 1+rng.IntN(60))
+		nodes := []*node{{id: 1}, {id: 2}, {id: 3}}
+		var hits []time.Time
+		now := at(0)
+		for range 40 + rng.IntN(60) {
+			now = now.Add(time.Duration(rng.Int64N(int64(r.Step()) / 2)))
+			n := nodes[rng.IntN(3)]
+			if rng.IntN(3) == 0 {
+				n.recv(t, &r, nodes[rng.IntN(3)])
+				continue
+			}
+			k := int64(1 + rng.IntN(3))
+			n.s.Add(&r, now, k)
+			for range k {
+				hits = append(hits, now)
+			}
+		}
+		for range 2 {
+			for _, x := range nodes {
+				for _, y := range nodes {
+					x.recv(t, &r, y)
+				}
+			}
+		}
+		// Every hit is within the window at now, so the count is exact
+		// when hits were made within the last window.
+		var want int64
+		for _, h := range hits {
+			if now.Sub(h) < r.Window()-r.Step() {
+				want++
+			}
+		}
+		for _, n := range nodes {
+			got := n.s.Count(&r, now)
+			if got < want {
+				t.Fatalf("seed %d: node %d counts %d, want at least %d (hits in the window)", seed, n.id, got, want)
+			}
+			if all := int64(len(hits)); got > all {
+				t.Fatalf("seed %d: node %d counts %d, more than the %d hits made", seed, n.id, got, all)
+			}
+			if got != nodes[0].s.Count(&r, now) {
+				t.Fatalf("seed %d: nodes disagree after exchanging copies", seed)
+			}
+		}
+	}
+}
+
+// TestDecidersExpire: peer rings leave with the hits they hold.
+func TestDecidersExpire(t *testing.T) {
+	r := MustRate(100, time.Minute, 60)
+	a, b := &node{id: 1}, &node{id: 2}
+	b.s.Add(&r, at(0), 3)
+	a.s.Add(&r, at(0), 1)
+	a.recv(t, &r, b)
+	if a.s.Peers() != 1 || a.s.Count(&r, at(time.Second)) != 4 {
+		t.Fatalf("peers %d count %d, want 1 and 4", a.s.Peers(), a.s.Count(&r, at(time.Second)))
+	}
+	a.s.Add(&r, at(2*time.Minute), 1)
+	if a.s.Peers() != 0 || a.s.Count(&r, at(2*time.Minute)) != 1 {
+		t.Fatalf("after a window: peers %d count %d, want 0 and 1", a.s.Peers(), a.s.Count(&r, at(2*time.Minute)))
+	}
+}
+
+func TestDecidersDecodeRejects(t *testing.T) {
+	r := MustRate(100, time.Minute, 4)
+	a, b := &node{id: 1}, &node{id: 2}
+	b.s.Add(&r, at(0), 3)
+	a.s.Add(&r, at(0), 1)
+	a.recv(t, &r, b)
+	good, err := a.s.AppendBinaryFrom(nil, a.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s Sliding
+	if err := s.UnmarshalBinary(good); err != nil {
+		t.Fatalf("UnmarshalBinary(good) error = %v", err)
+	}
+	for i := 1; i < len(good); i++ {
+		if err := s.UnmarshalBinary(good[:i]); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("UnmarshalBinary(first %d bytes) error = %v, want ErrCorrupt", i, err)
+		}
+	}
+	// The peer's id equal to the sender's is not a valid encoding.
+	bad := append([]byte(nil), good...)
+	bad[len(bad)-6] = 1 // peer id (1 byte) before its 5 counts
+	if err := s.UnmarshalBinary(bad); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("UnmarshalBinary(peer id = sender) error = %v, want ErrCorrupt", err)
+	}
+}
