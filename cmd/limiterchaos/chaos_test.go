@@ -65,8 +65,13 @@ func TestParseFlags(t *testing.T) {
 	}{
 		{name: "defaults", args: nil, want: func(o options) bool {
 			// 2000 calls/s for 20s over 12 keys: 3333 per key, half of it.
-			return o.duration == 20*time.Second && o.limit == 1666 && o.maxOver["freeze"] == 1666 && len(o.scenarios) == 3
+			// kill9: 2000/12 calls/s per key for 10ms is 1.67, rounded up, plus one.
+			return o.duration == 20*time.Second && o.limit == 1666 && o.maxOver["freeze"] == 1666 && o.maxOver["kill9"] == 3 && len(o.scenarios) == 3
 		}},
+		{name: "kill9 tolerance follows the replication interval", args: []string{"--limiterd-arg=--replication-interval=60ms"}, want: func(o options) bool {
+			return o.maxOver["kill9"] == 11 // 166.7/s x 60ms = 10, plus one
+		}},
+		{name: "bad replication interval", args: []string{"--limiterd-arg", "--replication-interval=soon"}, wantErr: true},
 		{name: "short", args: []string{"--short"}, want: func(o options) bool {
 			return o.duration == 3*time.Second && o.rate == 300 && o.keys == 6 && o.limit == 75
 		}},

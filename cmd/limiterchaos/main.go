@@ -54,6 +54,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"slices"
@@ -92,6 +93,27 @@ type options struct {
 // allScenarios lists the scenarios in the order they run.
 var allScenarios = []string{"kill9", "rolling", "freeze"}
 
+// replicationInterval is the --replication-interval the nodes run with:
+// limiterd's default unless an --limiterd-arg sets it.
+func replicationInterval(args []string) (time.Duration, error) {
+	iv := 10 * time.Millisecond
+	for i, a := range args {
+		a = strings.TrimLeft(a, "-")
+		v, ok := strings.CutPrefix(a, "replication-interval=")
+		if !ok && a == "replication-interval" && i+1 < len(args) {
+			v, ok = args[i+1], true
+		}
+		if ok {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return 0, fmt.Errorf("--limiterd-arg: bad --replication-interval %q", v)
+			}
+			iv = d
+		}
+	}
+	return iv, nil
+}
+
 // argList is a repeatable flag.
 type argList []string
 
@@ -116,7 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.restartDelay, "restart-delay", time.Second, "kill9: how long the killed node stays down")
 	fs.DurationVar(&o.freezeFor, "freeze-for", 3*time.Second, "freeze: how long the node stays stopped")
 	fs.DurationVar(&o.recoverBound, "recover-timeout", 30*time.Second, "a fault not recovered within this fails the scenario")
-	maxKill9 := fs.Int64("max-over-kill9", 50, "tolerated over-admission of any key in kill9")
+	maxKill9 := fs.Int64("max-over-kill9", -1, "tolerated over-admission of any key in kill9; -1: the calls a key gets in one replication interval (rounded up), plus one in flight")
 	maxRolling := fs.Int64("max-over-rolling", 0, "tolerated over-admission of any key in rolling")
 	maxFreeze := fs.Int64("max-over-freeze", -1, "tolerated over-admission of any key in freeze; -1: the limit")
 	fs.Var((*argList)(&o.extraArgs), "limiterd-arg", "extra `argument` for every limiterd, e.g. --limiterd-arg=--replication-interval=5ms (repeatable)")
@@ -173,6 +195,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if *maxFreeze < 0 {
 		*maxFreeze = o.limit
+	}
+	if *maxKill9 < 0 {
+		iv, err := replicationInterval(o.extraArgs)
+		if err != nil {
+			return o, err
+		}
+		*maxKill9 = int64(math.Ceil(o.rate/float64(o.keys)*iv.Seconds())) + 1
 	}
 	o.maxOver["kill9"], o.maxOver["rolling"], o.maxOver["freeze"] = *maxKill9, *maxRolling, *maxFreeze
 	return o, nil
