@@ -216,7 +216,6 @@ func (l *Limiter) get(t *table, sh *shard, key string, create bool) *entry {
 		if v, err := l.cfg.Store.Get(store.KindState, storeKey(t.name, key)); err == nil {
 			var st window.State
 			if err := st.UnmarshalBinary(v); err == nil {
-				st.Window.Adopt(l.cfg.NodeID)
 				e := &entry{key: key, st: st}
 				sh.m[key] = e
 				return e
@@ -365,6 +364,9 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 		res.Remaining, res.ResetAfter = d0.Remaining, d0.ResetAfter
 		res.RetryAfter = max(time.Duration(st.Leases.Next()-now.UnixNano()), time.Nanosecond)
 	case !req.DryRun:
+		if st.Window.Unadopted() { // another node's copy: count apart from its hits
+			st.Window.Adopt(l.cfg.NodeID)
+		}
 		st.Window.Add(&c.rate, now, hits)
 		if capped {
 			st.Leases.Expire(now)

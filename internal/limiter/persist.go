@@ -256,7 +256,6 @@ func (l *Limiter) load() error {
 		if err := st.UnmarshalBinary(v); err != nil {
 			return fmt.Errorf("state record %q: %w: %v", k, store.ErrCorrupt, err)
 		}
-		st.Window.Adopt(l.cfg.NodeID) // written by an earlier process
 		t := tables[pname]
 		if t == nil {
 			orphans++

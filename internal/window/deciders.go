@@ -60,17 +60,21 @@ func (s *Sliding) Adopt(self uint64) {
 	}
 	from := s.ext.from
 	s.ext.from = 0
-	if i := s.peerIndex(self); i >= 0 { // counted here after all: own again
-		s.ext.peers = slices.Delete(s.ext.peers, i, i+1)
-	}
 	if from != 0 && from != self && s.counts != nil {
 		// Those hits are in counts already: they only get their owner.
 		if own := s.own(); !allZero(own) && len(s.ext.peers) < maxPeers {
 			s.ext.peers = append(s.ext.peers, peerRing{id: from, counts: own})
 		}
 	}
+	if i := s.peerIndex(self); i >= 0 { // counted here after all: own again
+		s.ext.peers = slices.Delete(s.ext.peers, i, i+1)
+	}
 	s.dropEmptyPeers()
 }
+
+// Unadopted reports whether s still holds another node's copy as that
+// node's own (see Adopt): the caller must Adopt it before counting in it.
+func (s *Sliding) Unadopted() bool { return s.ext != nil && s.ext.from != 0 }
 
 // own returns the counts of the node that holds s (counts minus the
 // peers'), as a new ring.
@@ -96,11 +100,11 @@ func (s *Sliding) peerIndex(id uint64) int {
 
 // mergeRing folds in, the counts node id decided (laid out like s.counts),
 // into s for the steps lo..hi: per step the larger of what s knows of id and
-// in, the difference added to the total. For id == self, in is compared
-// with s's own counts.
-func (s *Sliding) mergeRing(self, id uint64, in []uint32, lo, hi int64) {
+// in, the difference added to the total. For id == ownID, the node whose
+// own counts s holds, in is compared with those.
+func (s *Sliding) mergeRing(ownID, id uint64, in []uint32, lo, hi int64) {
 	n := int64(len(s.counts))
-	if id == self && self != 0 {
+	if id == ownID && ownID != 0 {
 		own := s.own()
 		for b := lo; b <= hi; b++ {
 			i := mod(b, n)
@@ -207,7 +211,6 @@ func (s *Sliding) MergeFrom(r *Rate, o *Sliding, self uint64) {
 		s.Merge(r, o)
 		return
 	}
-	s.Adopt(self)
 	oc := *o
 	oc.counts = slices.Clone(o.counts)
 	oc.ext = &deciders{from: o.ext.from, peers: o.ext.peers}
@@ -216,8 +219,19 @@ func (s *Sliding) MergeFrom(r *Rate, o *Sliding, self uint64) {
 	}
 	n := int64(len(oc.counts))
 	if s.counts == nil {
-		s.counts = make([]uint32, n)
-		s.step, s.last, s.total = oc.step, oc.last, 0
+		// A first copy (a replica's, usually) is kept as its sender's own:
+		// no ring of its own until this node counts in it (Adopt).
+		s.counts, s.step, s.last, s.total = oc.counts, oc.step, oc.last, oc.total
+		s.ext = &deciders{from: oc.ext.from}
+		for _, p := range oc.ext.peers {
+			s.ext.peers = append(s.ext.peers, peerRing{id: p.id, counts: slices.Clone(p.counts)})
+		}
+		s.dropEmptyPeers()
+		return
+	}
+	ownID := self
+	if s.Unadopted() {
+		ownID = s.ext.from
 	}
 	if oc.last > s.last {
 		s.advance(r, timeUnix(oc.last))
@@ -229,9 +243,9 @@ func (s *Sliding) MergeFrom(r *Rate, o *Sliding, self uint64) {
 	if lo > hi {
 		return
 	}
-	s.mergeRing(self, oc.ext.from, oc.own(), lo, hi)
+	s.mergeRing(ownID, oc.ext.from, oc.own(), lo, hi)
 	for _, p := range oc.ext.peers {
-		s.mergeRing(self, p.id, p.counts, lo, hi)
+		s.mergeRing(ownID, p.id, p.counts, lo, hi)
 	}
 	s.dropEmptyPeers()
 }

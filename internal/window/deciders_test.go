@@ -27,6 +27,15 @@ func (n *node) send(t *testing.T) *Sliding {
 	return &out
 }
 
+// add counts hits as the limiter does: a copy still held as another
+// node's is adopted first.
+func (n *node) add(r *Rate, now time.Time, hits int64) {
+	if n.s.Unadopted() {
+		n.s.Adopt(n.id)
+	}
+	n.s.Add(r, now, hits)
+}
+
 func (n *node) recv(t *testing.T, r *Rate, from *node) { n.s.MergeFrom(r, from.send(t), n.id) }
 
 // TestMergeFromAddsConcurrentDeciders is the failure max-merging gets wrong:
@@ -36,10 +45,10 @@ func (n *node) recv(t *testing.T, r *Rate, from *node) { n.s.MergeFrom(r, from.s
 func TestMergeFromAddsConcurrentDeciders(t *testing.T) {
 	r := MustRate(100, time.Minute, 60)
 	a, b := &node{id: 1}, &node{id: 2}
-	a.s.Add(&r, at(0), 30)
+	a.add(&r, at(0), 30)
 	b.recv(t, &r, a) // replication
-	a.s.Add(&r, at(100*time.Millisecond), 5)
-	b.s.Add(&r, at(150*time.Millisecond), 7) // b decides too, same step
+	a.add(&r, at(100*time.Millisecond), 5)
+	b.add(&r, at(150*time.Millisecond), 7) // b decides too, same step
 	a.recv(t, &r, b)
 	b.recv(t, &r, a)
 	for _, n := range []*node{a, b} {
@@ -71,12 +80,12 @@ func TestMergeFromAddsConcurrentDeciders(t *testing.T) {
 func TestAdoptAfterRestart(t *testing.T) {
 	r := MustRate(1000, time.Minute, 60)
 	old, peer := &node{id: 10}, &node{id: 20}
-	old.s.Add(&r, at(0), 50)
+	old.add(&r, at(0), 50)
 	flushed, err := old.s.AppendBinaryFrom(nil, old.id) // what the store has
 	if err != nil {
 		t.Fatal(err)
 	}
-	old.s.Add(&r, at(10*time.Millisecond), 8) // not flushed: lost at kill -9
+	old.add(&r, at(10*time.Millisecond), 8) // not flushed: lost at kill -9
 	peer.recv(t, &r, old)                     // but replicated
 
 	restarted := &node{id: 11}
@@ -87,7 +96,7 @@ func TestAdoptAfterRestart(t *testing.T) {
 	if restarted.s.Peers() != 1 {
 		t.Fatalf("after Adopt: %d peer rings, want 1 (the previous process)", restarted.s.Peers())
 	}
-	restarted.s.Add(&r, at(time.Second), 4)
+	restarted.add(&r, at(time.Second), 4)
 	restarted.recv(t, &r, peer)
 	peer.recv(t, &r, restarted)
 	for _, n := range []*node{restarted, peer} {
@@ -116,7 +125,7 @@ func TestMergeFromConverges(t *testing.T) {
 				continue
 			}
 			k := int64(1 + rng.IntN(3))
-			n.s.Add(&r, now, k)
+			n.add(&r, now, k)
 			for range k {
 				hits = append(hits, now)
 			}
@@ -155,13 +164,13 @@ func TestMergeFromConverges(t *testing.T) {
 func TestDecidersExpire(t *testing.T) {
 	r := MustRate(100, time.Minute, 60)
 	a, b := &node{id: 1}, &node{id: 2}
-	b.s.Add(&r, at(0), 3)
-	a.s.Add(&r, at(0), 1)
+	b.add(&r, at(0), 3)
+	a.add(&r, at(0), 1)
 	a.recv(t, &r, b)
 	if a.s.Peers() != 1 || a.s.Count(&r, at(time.Second)) != 4 {
 		t.Fatalf("peers %d count %d, want 1 and 4", a.s.Peers(), a.s.Count(&r, at(time.Second)))
 	}
-	a.s.Add(&r, at(2*time.Minute), 1)
+	a.add(&r, at(2*time.Minute), 1)
 	if a.s.Peers() != 0 || a.s.Count(&r, at(2*time.Minute)) != 1 {
 		t.Fatalf("after a window: peers %d count %d, want 0 and 1", a.s.Peers(), a.s.Count(&r, at(2*time.Minute)))
 	}
@@ -170,8 +179,8 @@ func TestDecidersExpire(t *testing.T) {
 func TestDecidersDecodeRejects(t *testing.T) {
 	r := MustRate(100, time.Minute, 4)
 	a, b := &node{id: 1}, &node{id: 2}
-	b.s.Add(&r, at(0), 3)
-	a.s.Add(&r, at(0), 1)
+	b.add(&r, at(0), 3)
+	a.add(&r, at(0), 1)
 	a.recv(t, &r, b)
 	good, err := a.s.AppendBinaryFrom(nil, a.id)
 	if err != nil {
@@ -191,5 +200,33 @@ func TestDecidersDecodeRejects(t *testing.T) {
 	bad[len(bad)-6] = 1 // peer id (1 byte) before its 5 counts
 	if err := s.UnmarshalBinary(bad); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("UnmarshalBinary(peer id = sender) error = %v, want ErrCorrupt", err)
+	}
+}
+
+// TestReplicaCopyStaysCompact: a replica that only ever merges its owner's
+// copies keeps them as the owner's own hits, without a ring per node, and
+// tells them apart once it counts hits itself.
+func TestReplicaCopyStaysCompact(t *testing.T) {
+	r := MustRate(100, time.Minute, 60)
+	owner, replica := &node{id: 1}, &node{id: 2}
+	owner.add(&r, at(0), 10)
+	replica.recv(t, &r, owner)
+	owner.add(&r, at(time.Second), 5)
+	replica.recv(t, &r, owner)
+	if replica.s.Peers() != 0 || !replica.s.Unadopted() {
+		t.Fatalf("replica copy: %d peer rings, unadopted %v; want 0 and true", replica.s.Peers(), replica.s.Unadopted())
+	}
+	if got := replica.s.Count(&r, at(2*time.Second)); got != 15 {
+		t.Fatalf("replica counts %d, want 15", got)
+	}
+	// The replica stands in for the owner while both decide.
+	replica.add(&r, at(3*time.Second), 7)
+	owner.add(&r, at(3*time.Second), 2)
+	replica.recv(t, &r, owner)
+	owner.recv(t, &r, replica)
+	for _, n := range []*node{owner, replica} {
+		if got := n.s.Count(&r, at(4*time.Second)); got != 24 {
+			t.Errorf("node %d counts %d, want 24 (10 + 5 + 7 + 2)", n.id, got)
+		}
 	}
 }
