@@ -86,7 +86,7 @@ func TestAdoptAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	old.add(&r, at(10*time.Millisecond), 8) // not flushed: lost at kill -9
-	peer.recv(t, &r, old)                     // but replicated
+	peer.recv(t, &r, old)                   // but replicated
 
 	restarted := &node{id: 11}
 	if err := restarted.s.UnmarshalBinary(flushed); err != nil {
@@ -160,13 +160,19 @@ func TestMergeFromConverges(t *testing.T) {
 	}
 }
 
+// withPeer returns node 1 holding 1 hit of its own and 3 of node 2's.
+func withPeer(t *testing.T, r *Rate) *node {
+	a, b := &node{id: 1}, &node{id: 2}
+	b.add(r, at(0), 3)
+	a.add(r, at(0), 1)
+	a.recv(t, r, b)
+	return a
+}
+
 // TestDecidersExpire: peer rings leave with the hits they hold.
 func TestDecidersExpire(t *testing.T) {
 	r := MustRate(100, time.Minute, 60)
-	a, b := &node{id: 1}, &node{id: 2}
-	b.add(&r, at(0), 3)
-	a.add(&r, at(0), 1)
-	a.recv(t, &r, b)
+	a := withPeer(t, &r)
 	if a.s.Peers() != 1 || a.s.Count(&r, at(time.Second)) != 4 {
 		t.Fatalf("peers %d count %d, want 1 and 4", a.s.Peers(), a.s.Count(&r, at(time.Second)))
 	}
@@ -178,10 +184,7 @@ func TestDecidersExpire(t *testing.T) {
 
 func TestDecidersDecodeRejects(t *testing.T) {
 	r := MustRate(100, time.Minute, 4)
-	a, b := &node{id: 1}, &node{id: 2}
-	b.add(&r, at(0), 3)
-	a.add(&r, at(0), 1)
-	a.recv(t, &r, b)
+	a := withPeer(t, &r)
 	good, err := a.s.AppendBinaryFrom(nil, a.id)
 	if err != nil {
 		t.Fatal(err)
