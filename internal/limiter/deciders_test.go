@@ -2,7 +2,22 @@ package limiter
 
 import (
 	"testing"
+
+	"github.com/limiterd/limiterd/internal/store"
 )
+
+// clusterNode is mustNew for a node of a cluster (Config.Replicate).
+func clusterNode(t *testing.T, clk *fakeClock, db *store.DB) *Limiter {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Now, cfg.Store, cfg.Replicate = clk.Now, db, true
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New() error = %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
 
 // exchange merges a's copy of key into b, as replication or a sync does.
 func exchange(t *testing.T, from, to *Limiter, key string) {
@@ -24,8 +39,8 @@ func TestConcurrentDecidersAddUp(t *testing.T) {
 	clk := newClock()
 	dir := t.TempDir()
 	db := mustOpenStore(t, dir)
-	owner := mustNew(t, clk, db)
-	replica := mustNew(t, clk, nil)
+	owner := clusterNode(t, clk, db)
+	replica := clusterNode(t, clk, nil)
 	for range 300 {
 		allow(t, owner, Request{Key: "k"})
 	}
@@ -43,7 +58,7 @@ func TestConcurrentDecidersAddUp(t *testing.T) {
 	// replica's copy; then both decide for a while without hearing of
 	// each other.
 	db2 := mustOpenStore(t, dir)
-	restarted := mustNew(t, clk, db2)
+	restarted := clusterNode(t, clk, db2)
 	exchange(t, replica, restarted, "k")
 	for range 100 {
 		allow(t, restarted, Request{Key: "k"})
@@ -57,5 +72,32 @@ func TestConcurrentDecidersAddUp(t *testing.T) {
 		if res.Remaining != 79 {
 			t.Errorf("%s: Remaining = %d, want 79 (600 - 520 admitted - 1 asked)", name, res.Remaining)
 		}
+	}
+}
+
+// TestAloneAbsorbsEarlierCounts: a node without a cluster that restarts
+// takes its stored hits for its own (no per-node counts kept in memory).
+func TestAloneAbsorbsEarlierCounts(t *testing.T) {
+	clk := newClock()
+	dir := t.TempDir()
+	db := mustOpenStore(t, dir)
+	l := mustNew(t, clk, db)
+	for range 10 {
+		allow(t, l, Request{Key: "k"})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close() error = %v", err)
+	}
+	db.Close()
+	l2 := mustNew(t, clk, mustOpenStore(t, dir))
+	if res := allow(t, l2, Request{Key: "k"}); res.Remaining != 589 {
+		t.Fatalf("after restart: Remaining = %d, want 589", res.Remaining)
+	}
+	sh := l2.table("default").shard(l2.seed, "k")
+	sh.mu.Lock()
+	peers, unadopted := sh.m["k"].st.Window.Peers(), sh.m["k"].st.Window.Unadopted()
+	sh.mu.Unlock()
+	if peers != 0 || unadopted {
+		t.Fatalf("after restart and a hit: %d peer rings, unadopted %v; want 0, false", peers, unadopted)
 	}
 }

@@ -364,8 +364,12 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 		res.Remaining, res.ResetAfter = d0.Remaining, d0.ResetAfter
 		res.RetryAfter = max(time.Duration(st.Leases.Next()-now.UnixNano()), time.Nanosecond)
 	case !req.DryRun:
-		if st.Window.Unadopted() { // another node's copy: count apart from its hits
-			st.Window.Adopt(l.cfg.NodeID)
+		if st.Window.Unadopted() { // another node's or process's copy
+			if l.cfg.Replicate {
+				st.Window.Adopt(l.cfg.NodeID) // count apart from its hits
+			} else {
+				st.Window.Absorb() // alone: nobody to merge with
+			}
 		}
 		st.Window.Add(&c.rate, now, hits)
 		if capped {

@@ -72,6 +72,11 @@ func (s *Sliding) Adopt(self uint64) {
 	s.dropEmptyPeers()
 }
 
+// Absorb makes every hit of s this node's own, forgetting who decided
+// them: for a node that never merges with another (no cluster), where
+// telling deciders apart would only cost memory. Counts are unchanged.
+func (s *Sliding) Absorb() { s.ext = nil }
+
 // Unadopted reports whether s still holds another node's copy as that
 // node's own (see Adopt): the caller must Adopt it before counting in it.
 func (s *Sliding) Unadopted() bool { return s.ext != nil && s.ext.from != 0 }
