@@ -76,8 +76,9 @@ func (l *Limiter) State(policyName, key string) ([]byte, bool) {
 }
 
 // Merge folds another node's copy of a key into this node's, per deciding
-// node (window.State.MergeFrom): hits both decided concurrently add up. With replaceLeases the copy's
-// leases replace this node's: a replica takes its owner's word on leases.
+// node (window.State.MergeFrom): hits both decided concurrently add up.
+// With replaceLeases the copy's leases replace this node's: a replica takes
+// its owner's word on leases.
 // The key is marked synced at epoch (see Synced). Merged state is written to
 // the store at the next flush but not replicated onwards.
 func (l *Limiter) Merge(ks KeyState, replaceLeases bool, epoch uint64) error {

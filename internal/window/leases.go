@@ -161,10 +161,7 @@ type State struct {
 }
 
 // AppendBinary appends the encoding of st to b.
-func (st *State) AppendBinary(b []byte) ([]byte, error) {
-	b, _ = st.Window.AppendBinary(b)
-	return st.Leases.AppendBinary(b)
-}
+func (st *State) AppendBinary(b []byte) ([]byte, error) { return st.AppendBinaryFrom(b, 0) }
 
 // AppendBinaryFrom appends the encoding of st, kept by node self, to b,
 // with who decided its hits (Sliding.AppendBinaryFrom).

@@ -59,11 +59,4 @@ func (l *Leases) Replace(o *Leases) { l.held = slices.Clone(o.held) }
 // Merge folds o into st: the window by Sliding.Merge, and the leases by
 // Leases.Merge, or, with replaceLeases, by taking o's (a key's owner is the
 // authority on its leases, releases included).
-func (st *State) Merge(r *Rate, o *State, replaceLeases bool) {
-	st.Window.Merge(r, &o.Window)
-	if replaceLeases {
-		st.Leases.Replace(&o.Leases)
-	} else {
-		st.Leases.Merge(&o.Leases)
-	}
-}
+func (st *State) Merge(r *Rate, o *State, replaceLeases bool) { st.MergeFrom(r, o, replaceLeases, 0) }

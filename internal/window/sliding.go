@@ -59,13 +59,7 @@ func (s *Sliding) Add(r *Rate, now time.Time, hits int64) {
 	if hits <= 0 {
 		return
 	}
-	i := mod(floorDiv(s.last, s.step), int64(len(s.counts)))
-	c := int64(s.counts[i]) + hits
-	if c > MaxLimit {
-		c = MaxLimit
-	}
-	s.total += c - int64(s.counts[i])
-	s.counts[i] = uint32(c)
+	s.addAt(mod(floorDiv(s.last, s.step), int64(len(s.counts))), hits)
 }
 
 // Count returns the hits counted in the window at now.
@@ -257,12 +251,7 @@ const slidingVersion = 1
 // AppendBinary appends the encoding of s to b.
 // Peer rings and the decider of a copy not yet adopted are kept; who
 // decided the own hits is not named: see AppendBinaryFrom.
-func (s *Sliding) AppendBinary(b []byte) ([]byte, error) {
-	if s.ext != nil {
-		return s.AppendBinaryFrom(b, 0)
-	}
-	return s.appendV1(b), nil
-}
+func (s *Sliding) AppendBinary(b []byte) ([]byte, error) { return s.AppendBinaryFrom(b, 0) }
 
 // appendV1 appends the encoding without deciders.
 func (s *Sliding) appendV1(b []byte) []byte {
