@@ -1,7 +1,11 @@
 package limiter
 
 import (
+	"context"
 	"testing"
+	"time"
+
+	"github.com/limiterd/limiterd/internal/policy"
 
 	"github.com/limiterd/limiterd/internal/store"
 )
@@ -99,5 +103,55 @@ func TestAloneAbsorbsEarlierCounts(t *testing.T) {
 	sh.mu.Unlock()
 	if peers != 0 || unadopted {
 		t.Fatalf("after restart and a hit: %d peer rings, unadopted %v; want 0, false", peers, unadopted)
+	}
+}
+
+// TestChangesToken: a replicated key's first change since TakeChanged leaves
+// one token on Changes, so a replication loop can sleep while nothing
+// changes; denied calls and calls on a key already queued add none.
+func TestChangesToken(t *testing.T) {
+	clk := newClock()
+	l := clusterNode(t, clk, nil)
+	if _, err := l.CreatePolicy(context.Background(), policy.Policy{Name: "tight", Limit: 1, Window: time.Minute}); err != nil {
+		t.Fatalf("CreatePolicy() error = %v", err)
+	}
+	tokens := func() int {
+		n := 0
+		for {
+			select {
+			case <-l.Changes():
+				n++
+			default:
+				return n
+			}
+		}
+	}
+	if n := tokens(); n != 0 {
+		t.Fatalf("tokens before any call = %d, want 0", n)
+	}
+	allow(t, l, Request{Key: "a"})
+	allow(t, l, Request{Key: "a"})
+	allow(t, l, Request{Key: "b"})
+	if n := tokens(); n != 1 {
+		t.Fatalf("tokens after three changes = %d, want 1", n)
+	}
+	allow(t, l, Request{Key: "c"}) // a and b are still queued; c is new
+	if n := tokens(); n != 1 {
+		t.Fatalf("tokens after a new key = %d, want 1", n)
+	}
+	if got := len(l.TakeChanged(true)); got != 3 {
+		t.Fatalf("TakeChanged() = %d keys, want 3", got)
+	}
+	allow(t, l, Request{Key: "x", Policy: "tight"})
+	tokens()
+	if res := allow(t, l, Request{Key: "x", Policy: "tight"}); res.Allowed {
+		t.Fatalf("second call on a limit of 1 allowed")
+	}
+	if n := tokens(); n != 0 {
+		t.Fatalf("tokens after a denied call = %d, want 0", n)
+	}
+	allow(t, l, Request{Key: "a"}) // queued again after TakeChanged
+	if n := tokens(); n != 1 {
+		t.Fatalf("tokens after a change following TakeChanged = %d, want 1", n)
 	}
 }

@@ -165,6 +165,9 @@ type Limiter struct {
 	flushMu sync.Mutex // one flush at a time; guards pending
 	pending []store.Op // ops of a failed flush, retried first
 
+	changes chan struct{} // a token when a key is queued for replicas; see Changes
+	dirty   chan struct{} // a token when something is queued for the store; wakes an idle Run
+	onIdle  func()        // tests: Run stopped its flush ticker
 	stop    chan struct{}
 	done    chan struct{}
 	running atomic.Bool
@@ -246,7 +249,8 @@ func New(cfg Config) (*Limiter, error) {
 	for cfg.NodeID == 0 {
 		cfg.NodeID = rand.Uint64()
 	}
-	l := &Limiter{cfg: cfg, seed: maphash.MakeSeed(), records: map[string]policy.Record{}, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &Limiter{cfg: cfg, seed: maphash.MakeSeed(), records: map[string]policy.Record{},
+		changes: make(chan struct{}, 1), dirty: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	tables := map[string]*table{}
 	ps := cfg.Policies
 	if !slices.ContainsFunc(ps, func(p policy.Policy) bool { return p.Name == policy.DefaultName }) {
@@ -389,7 +393,7 @@ func (l *Limiter) Allow(ctx context.Context, req Request) (Result, error) {
 			e.syncing.Add(1)
 			defer e.syncing.Add(-1)
 		} else {
-			sh.markDirty(e)
+			l.markDirty(sh, e)
 		}
 	}
 	sh.mu.Unlock()
@@ -443,7 +447,7 @@ func (l *Limiter) ReleaseID(ctx context.Context, lid LeaseID) (inFlight int64, e
 			e.syncing.Add(1)
 			defer e.syncing.Add(-1)
 		} else {
-			sh.markDirty(e)
+			l.markDirty(sh, e)
 		}
 	}
 	sh.mu.Unlock()
@@ -459,10 +463,20 @@ func (l *Limiter) ReleaseID(ctx context.Context, lid LeaseID) (inFlight int64, e
 	return inFlight, nil
 }
 
-func (sh *shard) markDirty(e *entry) {
+// markDirty queues e for the next flush; sh.mu must be held.
+func (l *Limiter) markDirty(sh *shard, e *entry) {
 	if !e.dirty {
 		e.dirty = true
 		sh.dirty = append(sh.dirty, e)
+		l.wake(l.dirty)
+	}
+}
+
+// wake leaves a token on ch (capacity 1) unless one is waiting already.
+func (l *Limiter) wake(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
 	}
 }
 
@@ -471,6 +485,7 @@ func (l *Limiter) markChanged(sh *shard, e *entry) {
 	if l.cfg.Replicate && !e.replDirty {
 		e.replDirty = true
 		sh.replDirty = append(sh.replDirty, e)
+		l.wake(l.changes)
 	}
 }
 

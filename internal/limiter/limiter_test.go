@@ -329,3 +329,74 @@ func FuzzDecodeLeaseID(f *testing.F) {
 		}
 	})
 }
+
+// TestRunSleepsWhenIdle: Run stops its flush ticker after a flush with
+// nothing to write, and whatever is queued next (a hit, a swept key's
+// delete, a dropped policy's keys) still reaches the store.
+func TestRunSleepsWhenIdle(t *testing.T) {
+	clk := newClock()
+	db := mustOpenStore(t, t.TempDir())
+	cfg := DefaultConfig()
+	cfg.Now, cfg.Store, cfg.FlushInterval = clk.Now, db, time.Millisecond
+	cfg.Policies = []policy.Policy{{Name: "default", Limit: 100, Window: time.Minute}, {Name: "other", Limit: 100, Window: time.Minute}}
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New() error = %v", err)
+	}
+	idle := make(chan struct{}, 1)
+	l.onIdle = func() {
+		select {
+		case idle <- struct{}{}:
+		default:
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go l.Run(ctx)
+	t.Cleanup(func() { l.Close() })
+	waitIdle := func(what string) {
+		t.Helper()
+		select {
+		case <-idle:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: Run never went idle", what)
+		}
+	}
+	stored := func() int {
+		t.Helper()
+		n, err := db.Len(store.KindState)
+		if err != nil {
+			t.Fatalf("Len() error = %v", err)
+		}
+		return n
+	}
+
+	waitIdle("at start")
+	for i := range 3 {
+		allow(t, l, Request{Key: fmt.Sprintf("k%d", i)})
+		waitIdle("after a hit")
+		if got := stored(); got != i+1 {
+			t.Fatalf("stored keys after %d hits on new keys = %d, want %d", i+1, got, i+1)
+		}
+	}
+	allow(t, l, Request{Key: "gone", Policy: "other"})
+	waitIdle("after a hit on other")
+	if got := stored(); got != 4 {
+		t.Fatalf("stored keys = %d, want 4", got)
+	}
+	if _, err := l.DeletePolicy(ctx, "other"); err != nil {
+		t.Fatalf("DeletePolicy() error = %v", err)
+	}
+	waitIdle("after DeletePolicy")
+	if got := stored(); got != 3 {
+		t.Fatalf("stored keys after dropping a policy = %d, want 3", got)
+	}
+	clk.Advance(2 * time.Minute) // every window is empty: the next sweep forgets the keys
+	if n := l.Sweep(); n != 3 {
+		t.Fatalf("Sweep() = %d, want 3", n)
+	}
+	waitIdle("after a sweep")
+	if got := stored(); got != 0 {
+		t.Fatalf("stored keys after a sweep = %d, want 0", got)
+	}
+}

@@ -12,6 +12,8 @@ import (
 // Run flushes changed state every FlushInterval and sweeps empty keys every
 // SweepInterval until ctx is done or Close is called. It blocks; run it in a
 // goroutine. Flush errors are logged and the ops retried on the next flush.
+// After a flush with nothing to write the flush ticker stops until
+// something is queued: an idle process should not wake ten times a second.
 func (l *Limiter) Run(ctx context.Context) {
 	if !l.running.CompareAndSwap(false, true) {
 		return
@@ -21,6 +23,7 @@ func (l *Limiter) Run(ctx context.Context) {
 	defer flush.Stop()
 	sweep := time.NewTicker(l.cfg.SweepInterval)
 	defer sweep.Stop()
+	var idle <-chan struct{} // l.dirty while the flush ticker is stopped
 	for {
 		select {
 		case <-ctx.Done():
@@ -28,9 +31,20 @@ func (l *Limiter) Run(ctx context.Context) {
 		case <-l.stop:
 			return
 		case <-flush.C:
-			if err := l.Flush(ctx); err != nil && ctx.Err() == nil {
+			n, err := l.flush(ctx)
+			if err != nil && ctx.Err() == nil {
 				l.cfg.Logger.Error("flush state", "err", err)
 			}
+			if n == 0 && err == nil {
+				flush.Stop()
+				idle = l.dirty
+				if l.onIdle != nil {
+					l.onIdle()
+				}
+			}
+		case <-idle:
+			flush.Reset(l.cfg.FlushInterval)
+			idle = nil
 		case <-sweep.C:
 			l.Sweep()
 		}
@@ -54,8 +68,18 @@ func (l *Limiter) Close() error {
 // swept since then, in one store transaction. Without a store it only clears
 // the change lists.
 func (l *Limiter) Flush(ctx context.Context) error {
+	_, err := l.flush(ctx)
+	return err
+}
+
+// flush is Flush, also reporting how many records it had to write.
+func (l *Limiter) flush(ctx context.Context) (int, error) {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
+	select {
+	case <-l.dirty: // taken below; anything queued from here on leaves a new token
+	default:
+	}
 	ops := l.pending
 	l.pending = nil
 	// One buffer holds every value of this flush: bbolt needs them only
@@ -97,18 +121,18 @@ func (l *Limiter) Flush(ctx context.Context) error {
 		}
 	}
 	if len(ops) == 0 || l.cfg.Store == nil {
-		return nil
+		return 0, nil
 	}
 	start := time.Now()
 	if err := l.cfg.Store.Write(ctx, store.KindState, ops); err != nil {
 		l.pending = ops // a later put of the same key comes after these, so it wins
-		return fmt.Errorf("flush %d records: %w", len(ops), err)
+		return len(ops), fmt.Errorf("flush %d records: %w", len(ops), err)
 	}
 	if l.cfg.OnFlush != nil {
 		l.cfg.OnFlush(time.Since(start), len(ops))
 	}
 	l.evictLocked()
-	return nil
+	return len(ops), nil
 }
 
 // evictLocked pages keys out of memory down to 90% of MaxKeys. Only keys
@@ -217,6 +241,9 @@ func (l *Limiter) Sweep() int {
 			}
 			sh.mu.Unlock()
 		}
+	}
+	if n > 0 {
+		l.wake(l.dirty) // the deletes go with the next flush
 	}
 	return n
 }

@@ -189,6 +189,7 @@ func (l *Limiter) dropTableLocked(name string) {
 		l.flushMu.Lock()
 		l.pending = append(l.pending, ops...)
 		l.flushMu.Unlock()
+		l.wake(l.dirty)
 	}
 }
 

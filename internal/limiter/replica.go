@@ -13,6 +13,12 @@ type KeyState struct {
 	State  []byte // window.State.MarshalBinary
 }
 
+// Changes holds a token once a key has been queued for TakeChanged since
+// the token was last taken (Config.Replicate). A replication loop that found
+// nothing to send waits on it instead of polling, so an idle node does not
+// wake every interval. A token may be stale: its keys were taken already.
+func (l *Limiter) Changes() <-chan struct{} { return l.changes }
+
 // TakeChanged returns the keys changed by Allow or Release since the last
 // call, with their state now, for replication (Config.Replicate). With
 // encode false it only clears the queue (no peer to send to).
@@ -102,7 +108,7 @@ func (l *Limiter) Merge(ks KeyState, replaceLeases bool, epoch uint64) error {
 	e := l.get(t, sh, ks.Key, true)
 	if len(ks.State) > 0 {
 		e.st.MergeFrom(&c.rate, &in, replaceLeases, l.cfg.NodeID)
-		sh.markDirty(e)
+		l.markDirty(sh, e)
 	}
 	e.synced = max(e.synced, epoch)
 	return nil
