@@ -31,7 +31,9 @@
 #      server's utime+stime read from /proc/PID/stat before and after; then,
 #      per round, limiterbench (closed loop, 64 workers, 4 connections)
 #      against each server;
-#   5. prints one table and writes bench/results/summary.md, the ghz HTML
+#   5. measures the machine's CPU cost per wake-up of an idle process
+#      (bench/wakecost, a bare TCP echo; 4 s, or 16 s in a full run);
+#   6. prints one table and writes bench/results/summary.md, the ghz HTML
 #      reports (ghz-*.html, git-ignored), limiterbench JSON, and
 #      bench/results/loadtest.png.
 #
@@ -144,7 +146,7 @@ ensure_ghz() {
 
 build() {
 	log "building into $TMP"
-	(cd "$ROOT" && go build -o "$TMP/" ./cmd/limiterbench ./bench/baseline ./bench/ghzstat ./bench/plot)
+	(cd "$ROOT" && go build -o "$TMP/" ./cmd/limiterbench ./bench/baseline ./bench/ghzstat ./bench/plot ./bench/wakecost)
 	if [[ -n $REV ]]; then
 		log "building limiterd from git revision $REV"
 		mkdir "$TMP/src"
@@ -392,6 +394,12 @@ report() {
 		echo "$lbtable"
 		echo
 		[[ -z $CLUSTER_NOTE ]] || { echo "cluster-3: $CLUSTER_NOTE"; echo; }
+		echo "What one message costs a server process that is idle between messages on this machine (\`bench/wakecost\`: a bare TCP echo in Go, 300-byte messages, CPU of the echo process per message):"
+		echo
+		echo '```'
+		echo "$WAKECOST"
+		echo '```'
+		echo
 		echo "HTML reports: \`ghz-<server>-c<c>-r<round>.html\` (not committed)."
 	} >"$RESULTS/summary.md"
 }
@@ -430,6 +438,8 @@ for round in $(seq "$ROUNDS"); do
 		if [[ $s == baseline ]]; then bench "$s" "$round" --check=false; else bench "$s" "$round"; fi
 	done
 done
+log "measuring the machine's cost per wake-up (bench/wakecost)"
+WAKECOST=$("$TMP/wakecost" -d "$( ((QUICK)) && echo 1s || echo 3s)" 2>&1) || WAKECOST="wakecost failed: $WAKECOST"
 report
 if ((PLOT)); then
 	"$TMP/plot" -in "$RESULTS/summary.md" -out "$RESULTS/loadtest.png"
