@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
@@ -382,5 +383,62 @@ func TestChunks(t *testing.T) {
 	}
 	if len(chunks(nil)) != 0 {
 		t.Errorf("chunks(nil) is not empty")
+	}
+}
+
+// TestAllowBatchImmediate checks how the owner runs a batch: immediate
+// items in order on the batch's goroutine, without waiting for the others,
+// which run concurrently; every item under its own deadline; results in
+// item order.
+func TestAllowBatchImmediate(t *testing.T) {
+	var mu sync.Mutex
+	var order []string
+	quickDone := make(chan struct{})
+	const quick = 3
+	h := &fakeHandler{
+		name:      "owner",
+		immediate: func(req *limiterv1.AllowRequest) bool { return req.GetKey() != "slow" },
+		allow: func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
+			if _, ok := ctx.Deadline(); !ok {
+				t.Errorf("AllowLocal(%s): no deadline, want the item's own", req.GetKey())
+			}
+			if req.GetKey() == "slow" {
+				// Decided only after every immediate item: they must not wait for it.
+				select {
+				case <-quickDone:
+				case <-time.After(5 * time.Second):
+					t.Error("the immediate items waited for the slow one")
+				}
+				return &limiterv1.PeerDecision{Allowed: false, Policy: req.GetKey()}, nil
+			}
+			mu.Lock()
+			order = append(order, req.GetKey())
+			if len(order) == quick {
+				close(quickDone)
+			}
+			mu.Unlock()
+			return &limiterv1.PeerDecision{Allowed: true, Policy: req.GetKey()}, nil
+		},
+	}
+	s := &peerServer{h: h}
+	keys := []string{"a", "slow", "b", "c"}
+	req := &limiterv1.PeerAllowBatchRequest{}
+	for _, k := range keys {
+		req.Items = append(req.Items, &limiterv1.PeerAllowItem{Request: &limiterv1.AllowRequest{Key: k}, Timeout: durationpb.New(time.Minute)})
+	}
+	resp, err := s.AllowBatch(context.Background(), req)
+	if err != nil {
+		t.Fatalf("AllowBatch() = %v", err)
+	}
+	if got, want := fmt.Sprint(order), "[a b c]"; got != want {
+		t.Errorf("immediate items decided in order %s, want %s", got, want)
+	}
+	for i, r := range resp.GetResults() {
+		if got := r.GetDecision().GetPolicy(); got != keys[i] {
+			t.Errorf("result %d is for %q, want %q", i, got, keys[i])
+		}
+	}
+	if n := len(resp.GetResults()); n != len(keys) {
+		t.Errorf("AllowBatch() gave %d results, want %d", n, len(keys))
 	}
 }

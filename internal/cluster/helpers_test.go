@@ -53,6 +53,8 @@ type fakeHandler struct {
 	release func(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error)
 
 	allows atomic.Int64
+	// immediate, when set, is what Immediate reports.
+	immediate func(req *limiterv1.AllowRequest) bool
 
 	mu     sync.Mutex
 	states map[string]*limiterv1.KeyState
@@ -65,6 +67,12 @@ func (h *fakeHandler) AllowLocal(ctx context.Context, req *limiterv1.AllowReques
 	}
 	// Policy carries the answering node's name so tests can see who decided.
 	return &limiterv1.PeerDecision{Allowed: true, Policy: h.name, Remaining: int64(len(req.GetKey()))}, nil
+}
+
+// Immediate is false unless immediate says otherwise, so the tests' slow
+// answers get goroutines of their own.
+func (h *fakeHandler) Immediate(req *limiterv1.AllowRequest) bool {
+	return h.immediate != nil && h.immediate(req)
 }
 
 func (h *fakeHandler) ReleaseLocal(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {

@@ -229,3 +229,45 @@ func TestClusterGracefulLeaveKeepsCounts(t *testing.T) {
 		t.Fatalf("after the owner left: Allow() = %v, %v, want denied (count handed off)", res, err)
 	}
 }
+
+// TestImmediateOnOwnerOnly checks which forwarded calls an owner decides
+// on the batch's own goroutine: only those for keys it owns and has merged
+// with its peers' copies. Node 0 started alone, so each of its keys is
+// merged before its first decision; node 1 joined a cluster that held no
+// state, so its keys need no merge.
+func TestImmediateOnOwnerOnly(t *testing.T) {
+	nodes := startCluster(t, 2)
+	cs := clients(t, nodes)
+	var keys [2][]string // keys owned by node 0 and by node 1
+	for i := 0; len(keys[0]) < 10 || len(keys[1]) < 10; i++ {
+		key := fmt.Sprintf("k-%d", i)
+		if _, self := nodes[0].Node().Owner(key); self {
+			keys[0] = append(keys[0], key)
+		} else {
+			keys[1] = append(keys[1], key)
+		}
+	}
+	req := func(key string) *limiterv1.AllowRequest { return &limiterv1.AllowRequest{Policy: "hundred", Key: key} }
+	check := func(when string, want func(node, owner int) bool) {
+		t.Helper()
+		for j, m := range nodes {
+			for owner, ks := range keys {
+				for _, key := range ks {
+					if got, want := m.glue.Immediate(req(key)), want(j, owner); got != want {
+						t.Errorf("%s: node %d: Immediate(%s) = %v, want %v (owner: node %d)", when, j, key, got, want, owner)
+					}
+				}
+			}
+		}
+	}
+	waitFor(t, 5*time.Second, "node 1 decides its keys at once", func() bool { return nodes[1].glue.Immediate(req(keys[1][0])) })
+	check("before any call", func(node, owner int) bool { return node == 1 && owner == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, key := range keys[0] {
+		if _, err := cs[1].Allow(ctx, req(key)); err != nil {
+			t.Fatalf("Allow(%s) via node 1 = %v", key, err)
+		}
+	}
+	check("after a call for each key of node 0", func(node, owner int) bool { return node == owner })
+}

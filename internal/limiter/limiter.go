@@ -320,6 +320,10 @@ func ValidateKey(key string) error {
 	return nil
 }
 
+// Waits reports whether Allow waits for the disk before it answers
+// (Config.SyncAlways with a store).
+func (l *Limiter) Waits() bool { return l.cfg.SyncAlways && l.cfg.Store != nil }
+
 // Allow decides req. Going over a limit is a Result with Allowed false, not
 // an error. Errors: ErrUnknownPolicy, ErrBadKey, ErrBadHits, and store errors
 // in SyncAlways mode.

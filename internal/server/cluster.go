@@ -410,6 +410,25 @@ func (c *Cluster) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (
 	return toDecision(res), nil
 }
 
+// Immediate implements cluster.Handler: AllowLocal answers req without
+// waiting when this node decides the key itself (it owns it, is neither
+// starting nor leaving, and has merged the key's peer copies) and does not
+// wait for fsync. Unknown policies are answered at once too.
+func (c *Cluster) Immediate(req *limiterv1.AllowRequest) bool {
+	if c.leaving.Load() || !c.joined.Load() || c.lim.Waits() {
+		return false
+	}
+	if _, self := c.node.Owner(req.GetKey()); !self {
+		return false
+	}
+	p, ok := c.lim.Policy(req.GetPolicy())
+	if !ok {
+		return true
+	}
+	_, sync := c.needsSync(p, req.GetKey())
+	return !sync
+}
+
 // ReleaseLocal implements cluster.Handler.
 func (c *Cluster) ReleaseLocal(ctx context.Context, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error) {
 	lid, err := limiter.DecodeLeaseID(req.GetLeaseId())
