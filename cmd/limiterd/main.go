@@ -81,6 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (daemon.Config, error) {
 	join := fs.String("join", "", "comma-separated gossip `addresses` of existing members")
 	fs.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "nodes holding each key, owner included")
 	fs.DurationVar(&cfg.ReplicationInterval, "replication-interval", cfg.ReplicationInterval, "how often owners send changed keys to replicas")
+	fs.StringVar(&cfg.PeerAddr, "peer-addr", "", "peer wire listener `address` (forwarded calls and replication between nodes); empty: the --grpc-addr host, any free port; off: over gRPC")
 	gossipKeyFile := fs.String("gossip-key-file", "", "`file` with the gossip encryption key (16, 24 or 32 bytes, raw or base64)")
 	authFile := fs.String("auth-file", "", "YAML `file` of bearer-token hashes, roles and key prefixes; turns auth on")
 	tlsCert := fs.String("tls-cert", "", "PEM certificate `file` for the gRPC port")

@@ -190,6 +190,14 @@ func (a *Authenticator) bearer(md metadata.MD) (*token, error) {
 	return t, nil
 }
 
+// CheckPeerSecret reports whether secret is the cluster's peer secret, for
+// peer connections that are not gRPC calls (the peer wire): nil when it
+// is, an UNAUTHENTICATED or PERMISSION_DENIED status error when not.
+func (a *Authenticator) CheckPeerSecret(secret string) error {
+	_, err := a.checkPeer(metadata.Pairs(PeerSecretKey, secret))
+	return err
+}
+
 // checkPeer checks the peer secret; client and admin tokens are refused.
 func (a *Authenticator) checkPeer(md metadata.MD) (*token, error) {
 	vals := md.Get(PeerSecretKey)

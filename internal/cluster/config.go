@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,6 +67,27 @@ type Config struct {
 	// restarted peer is found again quickly); set it to add TLS credentials
 	// (they replace the plain-text ones) or per-RPC credentials. Default nil.
 	DialOptions []grpc.DialOption
+
+	// WireAddr is the host:port of this node's peer wire listener (see
+	// wire.go): forwarded Allow batches and replica updates travel over it,
+	// one TCP connection per pair of nodes, for a fraction of what a gRPC
+	// call costs. Port 0 picks a free port; the bound address is gossiped.
+	// Empty serves them over gRPC only. Peers that gossip no wire address
+	// are reached over gRPC. Default empty.
+	WireAddr string
+	// WireTLS, when set, secures the wire listener (use the gRPC port's
+	// TLS config: its certificate, and client CAs for mutual TLS). Default
+	// nil: plain text.
+	WireTLS *tls.Config
+	// WireDialTLS, when set, is used to dial peers' wire listeners (the
+	// CA that signed them, and a client certificate for mutual TLS).
+	// Default nil: plain text.
+	WireDialTLS *tls.Config
+	// WireSecret is presented to peers' wire listeners. Default empty.
+	WireSecret string
+	// WireAuth, when set, checks the secret a dialing peer presents; an
+	// error refuses the connection. Default nil: every peer is accepted.
+	WireAuth func(secret string) error
 
 	// GossipInterval, ProbeInterval, ProbeTimeout and PushPullInterval tune
 	// memberlist (see memberlist.Config). Defaults are memberlist's LAN
@@ -167,6 +189,11 @@ func (c Config) Validate() error {
 	if c.AdvertiseAddr != "" {
 		if _, _, err := splitHostPort(c.AdvertiseAddr); err != nil {
 			return fmt.Errorf("cluster: AdvertiseAddr: %w", err)
+		}
+	}
+	if c.WireAddr != "" {
+		if _, _, err := net.SplitHostPort(c.WireAddr); err != nil {
+			return fmt.Errorf("cluster: WireAddr %q: %w", c.WireAddr, err)
 		}
 	}
 	return nil

@@ -65,7 +65,7 @@ func (e *eventDelegate) NotifyLeave(nd *memberlist.Node) {
 func (n *Node) upsert(nd *memberlist.Node, kind ChangeKind) {
 	m := memberOf(nd)
 	m.Alive = true // routable until memberlist declares it dead
-	addr, err := decodeMeta(nd.Meta)
+	addr, wire, err := decodeMeta(nd.Meta)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if m.Name == n.cfg.NodeName && n.left {
@@ -79,7 +79,7 @@ func (n *Node) upsert(nd *memberlist.Node, kind ChangeKind) {
 		}
 		return
 	}
-	m.GRPCAddr = addr
+	m.GRPCAddr, m.WireAddr = addr, wire
 	if had && old == m {
 		return
 	}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,7 +58,12 @@ func (n *Node) Replicate(ctx context.Context, member Member, states []*limiterv1
 		if err != nil {
 			break
 		}
-		_, err = p.client.Replicate(ctx, &limiterv1.ReplicateRequest{States: chunk})
+		req := &limiterv1.ReplicateRequest{States: chunk}
+		if p.wire != nil {
+			err = p.wire.request(ctx, frameReplicate, req)
+			continue
+		}
+		_, err = p.client.Replicate(ctx, req)
 		err = callError(ctx, member.Name, err)
 	}
 	if err != nil {
@@ -164,6 +170,10 @@ type forwarder struct {
 	faults  *Faults     // test-only fault injection (fault.go); nil in production
 	self    string      // this node's name, for faults
 	onBatch func(n int) // Config.OnBatch
+
+	wire       bool // this node speaks the wire (Config.WireAddr set)
+	wireTLS    *tls.Config
+	wireSecret string
 }
 
 func newForwarder(cfg Config, log *slog.Logger) *forwarder {
@@ -177,13 +187,16 @@ func newForwarder(cfg Config, log *slog.Logger) *forwarder {
 		}),
 	}, cfg.DialOptions...)
 	return &forwarder{size: cfg.BatchSize, wait: cfg.BatchWait, opts: opts, log: log, peers: make(map[string]*peer),
-		faults: cfg.Faults, self: cfg.NodeName, onBatch: cfg.OnBatch}
+		faults: cfg.Faults, self: cfg.NodeName, onBatch: cfg.OnBatch,
+		wire: cfg.WireAddr != "", wireTLS: cfg.WireDialTLS, wireSecret: cfg.WireSecret}
 }
 
 // peer is the client side of one member.
 type peer struct {
 	name    string
 	addr    string
+	wireTo  string      // the member's wire address; "" for gRPC only
+	wire    *wireClient // nil for gRPC only
 	conn    *grpc.ClientConn
 	client  limiterv1.PeerClient
 	onBatch func(n int)
@@ -206,19 +219,24 @@ func (f *forwarder) peer(m Member) (*peer, error) {
 		return nil, ErrClosed
 	}
 	if p, ok := f.peers[m.Name]; ok {
-		if p.addr == m.GRPCAddr {
+		if p.addr == m.GRPCAddr && p.wireTo == m.WireAddr {
 			return p, nil
 		}
 		delete(f.peers, m.Name)
-		go p.conn.Close()
+		go p.close()
 	}
 	conn, err := grpc.NewClient(m.GRPCAddr, f.opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: dial %s: %v", ErrOwnerUnavailable, m.GRPCAddr, err)
 	}
-	p := &peer{name: m.Name, addr: m.GRPCAddr, conn: conn, client: limiterv1.NewPeerClient(conn), onBatch: f.onBatch}
-	p.allow = &batcher[*limiterv1.AllowRequest, *limiterv1.PeerDecision]{size: f.size, wait: f.wait, send: p.sendAllow}
-	p.release = &batcher[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]{size: f.size, wait: f.wait, send: p.sendRelease}
+	p := &peer{name: m.Name, addr: m.GRPCAddr, wireTo: m.WireAddr, conn: conn, client: limiterv1.NewPeerClient(conn), onBatch: f.onBatch}
+	sendAllow := inBackground(p.sendAllow)
+	if m.WireAddr != "" && f.wire {
+		p.wire = newWireClient(m.Name, m.WireAddr, f.wireTLS, f.wireSecret, f.log)
+		sendAllow = p.sendAllowWire
+	}
+	p.allow = &batcher[*limiterv1.AllowRequest, *limiterv1.PeerDecision]{size: f.size, wait: f.wait, send: sendAllow}
+	p.release = &batcher[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]{size: f.size, wait: f.wait, send: inBackground(p.sendRelease)}
 	f.peers[m.Name] = p
 	return p, nil
 }
@@ -233,6 +251,18 @@ func (n *Node) Reconnect(name string) {
 	n.fw.mu.Unlock()
 	if p != nil {
 		p.conn.ResetConnectBackoff()
+		if p.wire != nil {
+			p.wire.resetBackoff()
+		}
+	}
+}
+
+// close closes the member's connections; calls waiting on them fail with
+// ErrOwnerUnavailable.
+func (p *peer) close() {
+	_ = p.conn.Close()
+	if p.wire != nil {
+		p.wire.close()
 	}
 }
 
@@ -244,7 +274,7 @@ func (f *forwarder) closePeer(name string) {
 	delete(f.peers, name)
 	f.mu.Unlock()
 	if ok {
-		_ = p.conn.Close()
+		p.close()
 	}
 }
 
@@ -255,7 +285,7 @@ func (f *forwarder) close() {
 	f.closed = true
 	f.mu.Unlock()
 	for _, p := range peers {
-		_ = p.conn.Close()
+		p.close()
 	}
 }
 
@@ -280,7 +310,9 @@ type outcome[R any] struct {
 type batcher[Q, R any] struct {
 	size int
 	wait time.Duration
-	send func([]*call[Q, R]) // answers every call
+	// send answers every call of batch, then calls done; it may return
+	// before (the wire answers from the connection's reader).
+	send func(batch []*call[Q, R], done func())
 
 	mu       sync.Mutex
 	buf      []*call[Q, R]
@@ -294,7 +326,7 @@ func (b *batcher[Q, R]) add(c *call[Q, R]) {
 	if len(b.buf) >= b.size || b.inflight == 0 || b.wait <= 0 {
 		batch := b.take()
 		b.mu.Unlock()
-		go b.run(batch)
+		b.start(batch)
 		return
 	}
 	if len(b.buf) == 1 {
@@ -323,21 +355,36 @@ func (b *batcher[Q, R]) flush(gen uint64) {
 	}
 	batch := b.take()
 	b.mu.Unlock()
-	b.run(batch)
+	b.start(batch)
 }
 
-// run sends batch, then whatever queued up meanwhile once nothing else is
-// in flight.
-func (b *batcher[Q, R]) run(batch []*call[Q, R]) {
-	for batch != nil {
-		b.send(batch)
-		b.mu.Lock()
-		b.inflight--
-		batch = nil
-		if b.inflight == 0 && len(b.buf) > 0 {
-			batch = b.take()
-		}
-		b.mu.Unlock()
+// start sends batch; once it is answered, whatever queued up meanwhile
+// goes if nothing else is in flight.
+func (b *batcher[Q, R]) start(batch []*call[Q, R]) {
+	b.send(batch, b.finished)
+}
+
+func (b *batcher[Q, R]) finished() {
+	b.mu.Lock()
+	b.inflight--
+	var next []*call[Q, R]
+	if b.inflight == 0 && len(b.buf) > 0 {
+		next = b.take()
+	}
+	b.mu.Unlock()
+	if next != nil {
+		b.start(next)
+	}
+}
+
+// inBackground adapts a send that blocks until the batch is answered: it
+// runs on a goroutine of its own.
+func inBackground[Q, R any](send func([]*call[Q, R])) func([]*call[Q, R], func()) {
+	return func(batch []*call[Q, R], done func()) {
+		go func() {
+			send(batch)
+			done()
+		}()
 	}
 }
 
@@ -371,10 +418,22 @@ func sendBatch[Q, R, I, P any](
 	rpc func(context.Context, []I) ([]P, error),
 	result func(P) (R, *limiterv1.ItemStatus),
 ) {
+	live, items, latest := prepareBatch(peer, batch, item)
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), latest)
+	defer cancel()
+	results, err := rpc(ctx, items)
+	deliver(peer, live, results, rpcError(peer, err), result)
+}
+
+// prepareBatch answers the calls of batch whose deadline has passed and
+// returns the others, their items and the latest of their deadlines.
+func prepareBatch[Q, R, I any](peer string, batch []*call[Q, R], item func(Q, *durationpb.Duration) I) (live []*call[Q, R], items []I, latest time.Time) {
 	now := time.Now()
-	live := make([]*call[Q, R], 0, len(batch))
-	items := make([]I, 0, len(batch))
-	var latest time.Time
+	live = make([]*call[Q, R], 0, len(batch))
+	items = make([]I, 0, len(batch))
 	for _, c := range batch {
 		left := c.deadline.Sub(now)
 		if left <= 0 {
@@ -387,17 +446,15 @@ func sendBatch[Q, R, I, P any](
 			latest = c.deadline
 		}
 	}
-	if len(live) == 0 {
-		return
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), latest)
-	defer cancel()
-	results, err := rpc(ctx, items)
+	return live, items, latest
+}
+
+// deliver answers each call of live with its result, or all with err.
+func deliver[Q, R, P any](peer string, live []*call[Q, R], results []P, err error, result func(P) (R, *limiterv1.ItemStatus)) {
 	if err == nil && len(results) != len(live) {
 		err = fmt.Errorf("%w: peer answered %d of %d items", ErrOwnerUnavailable, len(results), len(live))
 	}
 	if err != nil {
-		err = rpcError(peer, err)
 		for _, c := range live {
 			c.done <- outcome[R]{err: fmt.Errorf("forward to %s: %w", peer, err)}
 		}
@@ -418,20 +475,58 @@ func (p *peer) sendAllow(batch []*call[*limiterv1.AllowRequest, *limiterv1.PeerD
 	if p.onBatch != nil {
 		p.onBatch(len(batch))
 	}
-	sendBatch(p.name, batch,
-		func(q *limiterv1.AllowRequest, d *durationpb.Duration) *limiterv1.PeerAllowItem {
-			return &limiterv1.PeerAllowItem{Request: q, Timeout: d}
-		},
+	sendBatch(p.name, batch, allowItem,
 		func(ctx context.Context, items []*limiterv1.PeerAllowItem) ([]*limiterv1.PeerAllowResult, error) {
 			resp, err := p.client.AllowBatch(ctx, &limiterv1.PeerAllowBatchRequest{Items: items})
 			return resp.GetResults(), err
 		},
-		func(r *limiterv1.PeerAllowResult) (*limiterv1.PeerDecision, *limiterv1.ItemStatus) {
-			if resp := r.GetDecision(); resp != nil {
-				return resp, nil
+		allowResult)
+}
+
+// sendAllowWire sends batch over the peer wire and returns; the
+// connection's reader answers the calls, or a timer at the latest of their
+// deadlines gives up on them.
+func (p *peer) sendAllowWire(batch []*call[*limiterv1.AllowRequest, *limiterv1.PeerDecision], done func()) {
+	if p.onBatch != nil {
+		p.onBatch(len(batch))
+	}
+	live, items, latest := prepareBatch(p.name, batch, allowItem)
+	if len(live) == 0 {
+		done()
+		return
+	}
+	id := p.wire.newID()
+	timer := time.AfterFunc(time.Until(latest), func() {
+		p.wire.cancel(id, deadlineError("forward to "+p.name, nil))
+	})
+	p.wire.send(id, frameAllow, &limiterv1.PeerAllowBatchRequest{Items: items}, func(typ frameType, payload []byte, err error) {
+		timer.Stop()
+		var results []*limiterv1.PeerAllowResult
+		switch {
+		case err != nil:
+		case typ == frameAllowResult:
+			var resp limiterv1.PeerAllowBatchResponse
+			if uerr := proto.Unmarshal(payload, &resp); uerr != nil {
+				err = fmt.Errorf("%w: %s sent an undecodable batch answer: %v", ErrOwnerUnavailable, p.name, uerr)
 			}
-			return nil, statusOrMissing(r.GetStatus())
-		})
+			results = resp.GetResults()
+		default:
+			err = answerError(p.name, typ, payload)
+		}
+		deliver(p.name, live, results, err, allowResult)
+		done()
+	})
+}
+
+func allowItem(q *limiterv1.AllowRequest, d *durationpb.Duration) *limiterv1.PeerAllowItem {
+	return &limiterv1.PeerAllowItem{Request: q, Timeout: d}
+}
+
+func allowResult(r *limiterv1.PeerAllowResult) (*limiterv1.PeerDecision, *limiterv1.ItemStatus) {
+	if resp := r.GetDecision(); resp != nil {
+		return resp, nil
+	}
+	return nil, statusOrMissing(r.GetStatus())
 }
 
 func (p *peer) sendRelease(batch []*call[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,8 +19,16 @@ import (
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
 
-func TestForwardBatches(t *testing.T) {
-	tune := func(c *Config) { c.BatchWait = 20 * time.Millisecond; c.BatchSize = 64 }
+func TestForwardBatches(t *testing.T) { transports(t, testForwardBatches) }
+
+func testForwardBatches(t *testing.T, transport func(*Config)) {
+	var batches atomic.Int64
+	tune := func(c *Config) {
+		c.BatchWait = 20 * time.Millisecond
+		c.BatchSize = 64
+		c.OnBatch = func(int) { batches.Add(1) }
+		transport(c)
+	}
 	from := startNode(t, "from", tune)
 	to := startNode(t, "to", tune)
 
@@ -50,14 +59,39 @@ func TestForwardBatches(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	batches := to.rpcs("AllowBatch")
 	if got := to.h.allows.Load(); got != calls {
 		t.Errorf("owner ran %d Allow calls, want %d", got, calls)
 	}
-	if batches >= calls || batches < 1 {
-		t.Errorf("%d forwards took %d AllowBatch RPCs, want fewer (coalesced)", calls, batches)
+	if n := batches.Load(); n >= calls || n < 1 {
+		t.Errorf("%d forwards took %d batches, want fewer (coalesced)", calls, n)
 	}
-	t.Logf("%d forwards in %d AllowBatch RPCs", calls, batches)
+	checkTransport(t, to, "AllowBatch", from.Self().WireAddr != "")
+	t.Logf("%d forwards in %d batches", calls, batches.Load())
+}
+
+// transports runs test once with peer calls over gRPC and once over the
+// peer wire; test passes its argument to every startNode.
+func transports(t *testing.T, test func(t *testing.T, transport func(*Config))) {
+	for _, tr := range []struct {
+		name string
+		tune func(*Config)
+	}{
+		{"grpc", func(*Config) {}},
+		{"wire", func(c *Config) { c.WireAddr = "127.0.0.1:0" }},
+	} {
+		t.Run(tr.name, func(t *testing.T) { test(t, tr.tune) })
+	}
+}
+
+// checkTransport checks that the calls to method that to answered came
+// over the transport the test chose: none over gRPC with the wire.
+func checkTransport(t *testing.T, to *testNode, method string, wire bool) {
+	t.Helper()
+	if n := to.rpcs(method); wire && n != 0 {
+		t.Errorf("%s got %d %s calls over gRPC, want them all over the peer wire", to.Name(), n, method)
+	} else if !wire && n == 0 {
+		t.Errorf("%s got no %s calls over gRPC", to.Name(), method)
+	}
 }
 
 // TestBatcher drives the batcher with a send that the test releases by
@@ -67,7 +101,7 @@ func TestBatcher(t *testing.T) {
 	sent := make(chan []int, 10)
 	release := make(chan struct{})
 	b := &batcher[int, int]{size: 3, wait: time.Hour}
-	b.send = func(batch []*c) {
+	b.send = inBackground(func(batch []*c) {
 		ids := make([]int, len(batch))
 		for i, x := range batch {
 			ids[i] = x.req
@@ -77,7 +111,7 @@ func TestBatcher(t *testing.T) {
 		for _, x := range batch {
 			x.done <- outcome[int]{resp: x.req}
 		}
-	}
+	})
 	add := func(id int) *c {
 		x := &c{req: id, done: make(chan outcome[int], 1)}
 		b.add(x)
@@ -130,9 +164,11 @@ func TestBatcher(t *testing.T) {
 	close(release)
 }
 
-func TestForwardDeadline(t *testing.T) {
-	from := startNode(t, "from", nil)
-	to := startNode(t, "to", nil)
+func TestForwardDeadline(t *testing.T) { transports(t, testForwardDeadline) }
+
+func testForwardDeadline(t *testing.T, transport func(*Config)) {
+	from := startNode(t, "from", transport)
+	to := startNode(t, "to", transport)
 	budget := make(chan time.Duration, 1)
 	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
 		if d, ok := ctx.Deadline(); ok {
@@ -160,11 +196,13 @@ func TestForwardDeadline(t *testing.T) {
 	}
 }
 
-func TestForwardRemoteDeadlineStatus(t *testing.T) {
+func TestForwardRemoteDeadlineStatus(t *testing.T) { transports(t, testForwardRemoteDeadlineStatus) }
+
+func testForwardRemoteDeadlineStatus(t *testing.T, transport func(*Config)) {
 	// The owner itself reports DeadlineExceeded before the caller's
 	// deadline: the RemoteError must still read as a deadline.
-	from := startNode(t, "from", nil)
-	to := startNode(t, "to", nil)
+	from := startNode(t, "from", transport)
+	to := startNode(t, "to", transport)
 	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
 		return nil, context.DeadlineExceeded
 	}
@@ -177,13 +215,15 @@ func TestForwardRemoteDeadlineStatus(t *testing.T) {
 	}
 }
 
-func TestForwardOwnerDown(t *testing.T) {
-	from := startNode(t, "from", nil)
+func TestForwardOwnerDown(t *testing.T) { transports(t, testForwardOwnerDown) }
+
+func testForwardOwnerDown(t *testing.T, transport func(*Config)) {
+	from := startNode(t, "from", transport)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dead := Member{Name: "dead", GRPCAddr: lis.Addr().String()}
+	dead := Member{Name: "dead", GRPCAddr: lis.Addr().String(), WireAddr: lis.Addr().String()}
 	lis.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -299,10 +339,12 @@ func TestReplicateFetchPush(t *testing.T) {
 	}
 }
 
-func TestForwardAcrossCluster(t *testing.T) {
+func TestForwardAcrossCluster(t *testing.T) { transports(t, testForwardAcrossCluster) }
+
+func testForwardAcrossCluster(t *testing.T, transport func(*Config)) {
 	// Every node forwards every key to its owner; the answer must come
 	// from the owner that all nodes agree on.
-	nodes := startCluster(t, 3, nil)
+	nodes := startCluster(t, 3, transport)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for i := range 30 {
@@ -317,9 +359,11 @@ func TestForwardAcrossCluster(t *testing.T) {
 	}
 }
 
-func TestShutdownFailsForwards(t *testing.T) {
-	from := startNode(t, "from", nil)
-	to := startNode(t, "to", nil)
+func TestShutdownFailsForwards(t *testing.T) { transports(t, testShutdownFailsForwards) }
+
+func testShutdownFailsForwards(t *testing.T, transport func(*Config)) {
+	from := startNode(t, "from", transport)
+	to := startNode(t, "to", transport)
 	if err := from.Shutdown(); err != nil {
 		t.Fatal(err)
 	}

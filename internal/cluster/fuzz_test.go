@@ -30,7 +30,7 @@ func FuzzGossipMessages(f *testing.F) {
 	}
 	f.Cleanup(func() { n.Shutdown() })
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = decodeMeta(b)
+		_, _, _ = decodeMeta(b)
 		n.handleMsg(b)
 		n.mergePolicyState(b)
 		state := n.policyState()

@@ -29,6 +29,9 @@ type Member struct {
 	// GRPCAddr is where the member serves Limiter and Peer; empty when its
 	// metadata could not be read, and such members own no keys.
 	GRPCAddr string
+	// WireAddr is where the member serves the peer wire; empty when it
+	// takes peer calls over gRPC only.
+	WireAddr string
 	// Alive is false while memberlist suspects the member has failed. Rings
 	// only hold members that are alive or suspected.
 	Alive bool
@@ -100,6 +103,7 @@ type Node struct {
 	bcast    *memberlist.TransmitLimitedQueue
 
 	fw     *forwarder
+	wire   *wireServer // nil without Config.WireAddr
 	events *dispatcher
 
 	life   sync.Mutex // serialises Leave and Shutdown; memberlist panics on Leave after Shutdown
@@ -122,12 +126,22 @@ func New(cfg Config) (*Node, error) {
 	cfg.GossipKey = slices.Clone(cfg.GossipKey)
 	cfg.DialOptions = slices.Clone(cfg.DialOptions)
 
-	meta, err := proto.Marshal(&limiterv1.PeerMeta{Version: metaVersion, GrpcAddr: cfg.GRPCAddr})
+	log := cfg.Logger.With("node", cfg.NodeName)
+	var wire *wireServer
+	if cfg.WireAddr != "" {
+		var err error
+		if wire, err = listenWire(cfg.WireAddr, cfg, log.With("component", "wire")); err != nil {
+			return nil, err
+		}
+		cfg.WireAddr = wire.Addr()
+	}
+	meta, err := proto.Marshal(&limiterv1.PeerMeta{Version: metaVersion, GrpcAddr: cfg.GRPCAddr, WireAddr: cfg.WireAddr})
 	if err != nil {
+		wire.close()
 		return nil, fmt.Errorf("cluster: encode node metadata: %w", err)
 	}
-	log := cfg.Logger.With("node", cfg.NodeName)
 	n := &Node{
+		wire:          wire,
 		cfg:           cfg,
 		log:           log,
 		meta:          meta,
@@ -150,6 +164,7 @@ func New(cfg Config) (*Node, error) {
 	nt, err := newTransport(host, port, mlLog)
 	if err != nil {
 		n.events.stop()
+		wire.close()
 		return nil, fmt.Errorf("cluster: bind gossip %s: %w", cfg.GossipAddr, err)
 	}
 	bound := nt.GetAutoBindPort()
@@ -188,6 +203,7 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		_ = tr.Shutdown()
 		n.events.stop()
+		wire.close()
 		return nil, fmt.Errorf("cluster: start memberlist: %w", err)
 	}
 	n.ml = ml
@@ -238,7 +254,7 @@ func (n *Node) Name() string { return n.cfg.NodeName }
 
 // Self returns this node as a Member.
 func (n *Node) Self() Member {
-	return Member{Name: n.cfg.NodeName, GossipAddr: n.GossipAddr(), GRPCAddr: n.cfg.GRPCAddr, Alive: true}
+	return Member{Name: n.cfg.NodeName, GossipAddr: n.GossipAddr(), GRPCAddr: n.cfg.GRPCAddr, WireAddr: n.cfg.WireAddr, Alive: true}
 }
 
 // Join contacts the given gossip addresses (Config.Join when none are
@@ -337,6 +353,7 @@ func (n *Node) Shutdown() error {
 	n.stopReconnect()
 	err := n.ml.Shutdown()
 	n.fw.close()
+	n.wire.close()
 	n.events.stop()
 	if err != nil {
 		return fmt.Errorf("cluster: shutdown: %w", err)
@@ -351,7 +368,7 @@ func (n *Node) Members() []Member {
 	out := make([]Member, 0, len(nodes))
 	for _, nd := range nodes {
 		m := memberOf(nd)
-		m.GRPCAddr, _ = decodeMeta(nd.Meta)
+		m.GRPCAddr, m.WireAddr, _ = decodeMeta(nd.Meta)
 		out = append(out, m)
 	}
 	return out
@@ -382,16 +399,17 @@ func memberOf(nd *memberlist.Node) Member {
 	}
 }
 
-// decodeMeta returns the gRPC address in a node's metadata.
-func decodeMeta(b []byte) (string, error) {
+// decodeMeta returns the gRPC and peer wire addresses in a node's
+// metadata; the wire address may be empty.
+func decodeMeta(b []byte) (grpcAddr, wireAddr string, err error) {
 	var pm limiterv1.PeerMeta
 	if err := proto.Unmarshal(b, &pm); err != nil {
-		return "", fmt.Errorf("decode node metadata: %w", err)
+		return "", "", fmt.Errorf("decode node metadata: %w", err)
 	}
 	if pm.GetVersion() < 1 || pm.GetGrpcAddr() == "" {
-		return "", errors.New("node metadata has no gRPC address")
+		return "", "", errors.New("node metadata has no gRPC address")
 	}
-	return pm.GetGrpcAddr(), nil
+	return pm.GetGrpcAddr(), pm.GetWireAddr(), nil
 }
 
 // changeLocked applies a membership change with n.mu held: apply edits

@@ -46,7 +46,12 @@ type Handler interface {
 // server as limiter.v1.Limiter), answering with h. Call it before
 // s.Serve, and start serving before Join.
 func (n *Node) RegisterPeerService(s grpc.ServiceRegistrar, h Handler) {
-	limiterv1.RegisterPeerServer(s, &peerServer{h: h})
+	ps := &peerServer{h: h}
+	limiterv1.RegisterPeerServer(s, ps)
+	if n.wire != nil && n.wire.ps.Swap(ps) == nil {
+		n.wire.wg.Add(1)
+		go n.wire.serve()
+	}
 }
 
 // peerServer implements limiterv1.PeerServer over a Handler.
@@ -62,7 +67,25 @@ type peerServer struct {
 // themselves: on a small VM each hand-off that wakes a thread costs tens of
 // microseconds.
 func (s *peerServer) AllowBatch(ctx context.Context, req *limiterv1.PeerAllowBatchRequest) (*limiterv1.PeerAllowBatchResponse, error) {
-	items := req.GetItems()
+	inline, _ := s.immediate(req.GetItems())
+	return s.allowBatch(ctx, req.GetItems(), inline), nil
+}
+
+// immediate reports which items the handler decides at once, and whether
+// all of them are.
+func (s *peerServer) immediate(items []*limiterv1.PeerAllowItem) (inline []bool, all bool) {
+	inline = make([]bool, len(items))
+	all = true
+	for i, it := range items {
+		r := it.GetRequest()
+		inline[i] = r != nil && s.h.Immediate(r)
+		all = all && inline[i]
+	}
+	return inline, all
+}
+
+// allowBatch runs items, those marked inline on this goroutine.
+func (s *peerServer) allowBatch(ctx context.Context, items []*limiterv1.PeerAllowItem, inline []bool) *limiterv1.PeerAllowBatchResponse {
 	results := make([]*limiterv1.PeerAllowResult, len(items))
 	run := func(i int) {
 		resp, st := runItem(ctx, items[i].GetTimeout(), items[i].GetRequest(), s.h.AllowLocal)
@@ -72,15 +95,9 @@ func (s *peerServer) AllowBatch(ctx context.Context, req *limiterv1.PeerAllowBat
 			results[i] = &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Decision{Decision: resp}}
 		}
 	}
-	if len(items) == 1 {
-		run(0)
-		return &limiterv1.PeerAllowBatchResponse{Results: results}, nil
-	}
 	var wg sync.WaitGroup
-	inline := make([]bool, len(items))
-	for i, it := range items {
-		if r := it.GetRequest(); r != nil && s.h.Immediate(r) {
-			inline[i] = true
+	for i, ok := range inline {
+		if ok || len(items) == 1 {
 			continue
 		}
 		wg.Add(1)
@@ -90,12 +107,12 @@ func (s *peerServer) AllowBatch(ctx context.Context, req *limiterv1.PeerAllowBat
 		}()
 	}
 	for i, ok := range inline {
-		if ok {
+		if ok || len(items) == 1 {
 			run(i)
 		}
 	}
 	wg.Wait()
-	return &limiterv1.PeerAllowBatchResponse{Results: results}, nil
+	return &limiterv1.PeerAllowBatchResponse{Results: results}
 }
 
 // ReleaseBatch is AllowBatch for releases.

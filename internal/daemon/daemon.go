@@ -96,6 +96,12 @@ type Config struct {
 	PeerTLS *tls.Config
 	// PeerSecret is presented to other nodes' Peer service when auth is on.
 	PeerSecret string
+	// PeerAddr is the host:port of the peer wire listener, which carries
+	// forwarded Allow batches and replica updates between nodes (see
+	// internal/cluster's WireAddr). Empty listens on the gRPC listener's
+	// host at a port the OS picks; "off" sends them over gRPC. Default
+	// empty.
+	PeerAddr string
 	// Cluster tunes memberlist and forwarding; nil takes cluster's defaults.
 	// Tests shorten its timings.
 	Cluster func(*cluster.Config)
@@ -317,6 +323,13 @@ func (m *Main) startCluster() error {
 	ccfg.OnBatch = m.metrics.BatchSize
 	ccfg.Logger = cfg.Logger
 	ccfg.DialOptions = m.peerDialOptions()
+	ccfg.WireAddr = m.wireAddr()
+	ccfg.WireTLS = cfg.TLS
+	ccfg.WireDialTLS = cfg.PeerTLS
+	ccfg.WireSecret = cfg.PeerSecret
+	if cfg.Auth != nil {
+		ccfg.WireAuth = cfg.Auth.CheckPeerSecret
+	}
 	if cfg.Cluster != nil {
 		cfg.Cluster(&ccfg)
 	}
@@ -327,6 +340,33 @@ func (m *Main) startCluster() error {
 	m.node = node
 	m.glue.Start(node, m.grpc)
 	return nil
+}
+
+// wireAddr is the peer wire listen address for Config.PeerAddr: by
+// default the gRPC listener's host and any port; none for "off" or a gRPC
+// listener on a unix socket.
+func (m *Main) wireAddr() string {
+	switch {
+	case m.cfg.PeerAddr == "off":
+		return ""
+	case m.cfg.PeerAddr != "":
+		return m.cfg.PeerAddr
+	case m.grpcLn.Addr().Network() != "tcp":
+		return ""
+	}
+	host, _, err := net.SplitHostPort(m.grpcLn.Addr().String())
+	if err != nil {
+		return ""
+	}
+	return net.JoinHostPort(host, "0")
+}
+
+// WireAddr returns the bound peer wire address, or "" without one.
+func (m *Main) WireAddr() string {
+	if m.node == nil {
+		return ""
+	}
+	return m.node.Self().WireAddr
 }
 
 // peerDialOptions returns what this node adds to the cluster's dial

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -116,5 +117,22 @@ func TestMutualTLSCluster(t *testing.T) {
 	defer cancel()
 	if _, err := limiterv1.NewLimiterClient(bad).Allow(ctx, &limiterv1.AllowRequest{Key: "tenant:x"}); err == nil {
 		t.Errorf("a client without a certificate was answered")
+	}
+
+	// The forwarded calls above went over the peer wire, which takes the
+	// same mTLS: a dialer without a client certificate gets no answer.
+	for i, m := range nodes {
+		if m.WireAddr() == "" {
+			t.Fatalf("node %d serves no peer wire", i)
+		}
+	}
+	wc, err := tls.Dial("tcp", nodes[0].WireAddr(), noCert)
+	if err == nil {
+		defer wc.Close()
+		_ = wc.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = wc.Write([]byte("LMTDPEER\x01\x00"))
+		if _, err := wc.Read(make([]byte, 1)); err == nil {
+			t.Errorf("the peer wire answered a dialer without a client certificate")
+		}
 	}
 }

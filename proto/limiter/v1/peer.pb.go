@@ -1176,7 +1176,11 @@ type PeerMeta struct {
 	// version is the metadata format version; currently 1.
 	Version uint32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	// grpc_addr is where the node serves Limiter and Peer.
-	GrpcAddr      string `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	GrpcAddr string `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	// wire_addr is where the node serves the peer wire (internal/cluster,
+	// wire.go): forwarded Allow batches and replica updates over one TCP
+	// connection per peer. Empty when it serves them over gRPC only.
+	WireAddr      string `protobuf:"bytes,3,opt,name=wire_addr,json=wireAddr,proto3" json:"wire_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1221,6 +1225,13 @@ func (x *PeerMeta) GetVersion() uint32 {
 func (x *PeerMeta) GetGrpcAddr() string {
 	if x != nil {
 		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *PeerMeta) GetWireAddr() string {
+	if x != nil {
+		return x.WireAddr
 	}
 	return ""
 }
@@ -1413,10 +1424,11 @@ const file_limiter_v1_peer_proto_rawDesc = "" +
 	"\tkeys_held\x18\x02 \x01(\x03R\bkeysHeld\"@\n" +
 	"\x10PushStateRequest\x12,\n" +
 	"\x06states\x18\x01 \x03(\v2\x14.limiter.v1.KeyStateR\x06states\"\x13\n" +
-	"\x11PushStateResponse\"A\n" +
+	"\x11PushStateResponse\"^\n" +
 	"\bPeerMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1b\n" +
-	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\"i\n" +
+	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1b\n" +
+	"\twire_addr\x18\x03 \x01(\tR\bwireAddr\"i\n" +
 	"\vPolicyEntry\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x18\n" +

@@ -1,0 +1,238 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
+)
+
+func withWire(c *Config) { c.WireAddr = "127.0.0.1:0" }
+
+func TestWireReplicate(t *testing.T) {
+	from := startNode(t, "from", withWire)
+	to := startNode(t, "to", withWire)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	states := []*limiterv1.KeyState{
+		{Policy: "default", Key: "a", State: []byte{1}, Version: 1},
+		{Policy: "default", Key: "b", State: []byte{2}, Version: 1},
+	}
+	if err := from.Replicate(ctx, to.Self(), states); err != nil {
+		t.Fatalf("Replicate() = %v", err)
+	}
+	got, err := from.Fetch(ctx, to.Self(), []*limiterv1.KeyRef{{Policy: "default", Key: "a"}, {Policy: "default", Key: "b"}})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("Fetch() = %v, %v, want both replicated keys", got, err)
+	}
+	// The handler's error comes back as the owner's status.
+	err = from.Replicate(ctx, to.Self(), []*limiterv1.KeyState{{Policy: "default"}})
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != codes.InvalidArgument || re.Peer != "to" {
+		t.Errorf("Replicate(bad) = %v, want RemoteError InvalidArgument from to", err)
+	}
+	checkTransport(t, to, "Replicate", true)
+}
+
+// TestWireMixed: a node without the wire and one with it still talk, over
+// gRPC, whichever of them forwards.
+func TestWireMixed(t *testing.T) {
+	plain := startNode(t, "plain", nil)
+	wired := startNode(t, "wired", withWire)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ from, to *testNode }{{plain, wired}, {wired, plain}} {
+		resp, err := tc.from.Forward(ctx, tc.to.Self(), &limiterv1.AllowRequest{Key: "k"})
+		if err != nil || resp.GetPolicy() != tc.to.Name() {
+			t.Errorf("%s Forward() to %s = %v, %v, want its answer", tc.from.Name(), tc.to.Name(), resp, err)
+		}
+		checkTransport(t, tc.to, "AllowBatch", false)
+	}
+}
+
+func TestWireSecret(t *testing.T) {
+	to := startNode(t, "to", func(c *Config) {
+		withWire(c)
+		c.WireAuth = func(secret string) error {
+			if secret != "right" {
+				return errors.New("wrong peer secret")
+			}
+			return nil
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		secret string
+		ok     bool
+	}{{"wrong", false}, {"", false}, {"right", true}} {
+		from := startNode(t, "from-"+tc.secret, func(c *Config) { withWire(c); c.WireSecret = tc.secret })
+		resp, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "k"})
+		switch {
+		case tc.ok && (err != nil || resp.GetPolicy() != "to"):
+			t.Errorf("secret %q: Forward() = %v, %v, want the owner's answer", tc.secret, resp, err)
+		case !tc.ok && !errors.Is(err, ErrOwnerUnavailable):
+			t.Errorf("secret %q: Forward() = %v, %v, want ErrOwnerUnavailable", tc.secret, resp, err)
+		}
+	}
+	checkTransport(t, to, "AllowBatch", true)
+}
+
+// TestWireOwnerRestarts: when the owner's connection breaks, calls fail
+// over at once (ErrOwnerUnavailable), and once it serves again the next
+// calls reconnect.
+func TestWireOwnerRestarts(t *testing.T) {
+	from := startNode(t, "from", withWire)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	start := func() *testNode {
+		return startNode(t, "to", func(c *Config) { c.WireAddr = addr })
+	}
+	to := start()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req := &limiterv1.AllowRequest{Key: "k"}
+	if _, err := from.Forward(ctx, to.Self(), req); err != nil {
+		t.Fatalf("Forward() = %v", err)
+	}
+	if err := to.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	if _, err := from.Forward(ctx, to.Self(), req); !errors.Is(err, ErrOwnerUnavailable) {
+		t.Errorf("Forward() to a stopped owner = %v, want ErrOwnerUnavailable", err)
+	}
+	if took := time.Since(began); took > time.Second {
+		t.Errorf("Forward() to a stopped owner took %v, want a fast failure", took)
+	}
+	to = start()
+	from.Reconnect("to") // as when the restarted owner asks this node for state
+	waitFor(t, 5*time.Second, "forwards to the restarted owner to succeed", func() bool {
+		resp, err := from.Forward(ctx, to.Self(), req)
+		return err == nil && resp.GetPolicy() == "to"
+	})
+}
+
+// TestWireRefusesStrangers: a connection that does not start with a
+// limiterd hello is answered with an error and closed, and the listener
+// goes on serving peers.
+func TestWireRefusesStrangers(t *testing.T) {
+	to := startNode(t, "to", withWire)
+	for _, hello := range [][]byte{
+		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+		append([]byte(wireMagic), 99, 0),                              // unknown version
+		append(append([]byte(wireMagic), wireVersion), 0xff, 0xff, 3), // secret too long
+	} {
+		c, err := net.Dial("tcp", to.Self().WireAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(hello); err != nil {
+			t.Fatal(err)
+		}
+		typ, _, payload, _, err := readFrame(bufio.NewReader(c), nil)
+		var st limiterv1.ItemStatus
+		if err != nil || typ != frameError || proto.Unmarshal(payload, &st) != nil || st.GetCode() != int32(codes.InvalidArgument) {
+			t.Errorf("hello %q: answer %d %q, %v; want an InvalidArgument frameError", hello, typ, st.GetMessage(), err)
+		}
+		c.Close()
+	}
+	from := startNode(t, "from", withWire)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "k"}); err != nil {
+		t.Errorf("Forward() after strangers = %v", err)
+	}
+}
+
+func TestFrameRoundTrip(t *testing.T) {
+	msg := &limiterv1.ReplicateRequest{States: []*limiterv1.KeyState{{Policy: "p", Key: "k", State: []byte{1, 2, 3}}}}
+	b, err := appendFrame(nil, frameReplicate, 42, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = appendFrame(b, frameDone, 43, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(bytes.NewReader(b))
+	typ, id, payload, buf, err := readFrame(r, nil)
+	var got limiterv1.ReplicateRequest
+	if err != nil || typ != frameReplicate || id != 42 || proto.Unmarshal(payload, &got) != nil || !proto.Equal(&got, msg) {
+		t.Fatalf("readFrame() = %d, %d, %v, %v; want the replicate frame back", typ, id, &got, err)
+	}
+	if typ, id, payload, _, err = readFrame(r, buf); err != nil || typ != frameDone || id != 43 || len(payload) != 0 {
+		t.Fatalf("readFrame() = %d, %d, %x, %v; want an empty frameDone 43", typ, id, payload, err)
+	}
+	for _, bad := range [][]byte{{0, 0, 0, 8, 1, 0, 0, 0, 0, 0, 0, 0}, {0xff, 0, 0, 0, 1}, {0, 0, 0, 20, 1}} {
+		if _, _, _, _, err := readFrame(bufio.NewReader(bytes.NewReader(bad)), nil); err == nil {
+			t.Errorf("readFrame(%x) = nil error, want one", bad)
+		}
+	}
+	if secret, err := readHello(bufio.NewReader(bytes.NewReader(appendHello(nil, "s3cret")))); err != nil || secret != "s3cret" {
+		t.Errorf("readHello(appendHello(s3cret)) = %q, %v", secret, err)
+	}
+}
+
+// discardConn is a net.Conn that drops what is written to it.
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(b []byte) (int, error)      { return len(b), nil }
+func (discardConn) Close() error                     { return nil }
+func (discardConn) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzWireFrames feeds arbitrary bytes to the peer wire's decoders: the
+// hello, then frames, each answered by a server whose handler decides at
+// once. Nothing may panic, and a frame that decodes re-encodes to itself.
+func FuzzWireFrames(f *testing.F) {
+	allow, _ := appendFrame(nil, frameAllow, 1, &limiterv1.PeerAllowBatchRequest{Items: []*limiterv1.PeerAllowItem{
+		{Request: &limiterv1.AllowRequest{Key: "k", Policy: "p"}}, {},
+	}})
+	repl, _ := appendFrame(nil, frameReplicate, 2, &limiterv1.ReplicateRequest{States: []*limiterv1.KeyState{{Key: "k", State: []byte{1}}}})
+	f.Add(append(appendHello(nil, "secret"), allow...))
+	f.Add(append(appendHello(nil, ""), repl...))
+	f.Add(append(append(appendHello(nil, ""), allow...), 0, 0, 0, 9, 7, 0, 0, 0, 0, 0, 0, 0, 1))
+	f.Add([]byte(wireMagic))
+	f.Add([]byte{})
+	h := &fakeHandler{name: "fuzz", immediate: func(*limiterv1.AllowRequest) bool { return true }}
+	s := &wireServer{log: testConfig("fuzz").Logger}
+	s.ps.Store(&peerServer{h: h})
+	w := &frameWriter{c: discardConn{}}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := bufio.NewReader(bytes.NewReader(b))
+		if _, err := readHello(r); err != nil {
+			r = bufio.NewReader(bytes.NewReader(b)) // frames without a hello
+		}
+		var buf []byte
+		for range 16 {
+			typ, id, payload, nbuf, err := readFrame(r, buf)
+			buf = nbuf
+			if err != nil {
+				return
+			}
+			raw := append([]byte(nil), buf...)
+			again, err := appendFrame(nil, typ, id, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			again = append(again, payload...)
+			if !bytes.Equal(again[4:], raw) {
+				t.Fatalf("frame %x re-encodes as %x", raw, again[4:])
+			}
+			s.frame(context.Background(), w, typ, id, payload)
+		}
+	})
+}
