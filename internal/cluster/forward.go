@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -250,7 +251,12 @@ func (n *Node) Reconnect(name string) {
 	p := n.fw.peers[name]
 	n.fw.mu.Unlock()
 	if p != nil {
-		p.conn.ResetConnectBackoff()
+		// Only while failing: grpc-go's ResetConnectBackoff reads the
+		// connection's subchannel map unlocked, racing with the creation
+		// of a subchannel on a new or waking connection (seen with -race).
+		if p.conn.GetState() == connectivity.TransientFailure {
+			p.conn.ResetConnectBackoff()
+		}
 		if p.wire != nil {
 			p.wire.resetBackoff()
 		}
