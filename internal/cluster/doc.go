@@ -15,12 +15,19 @@
 // the rings before and after each change so the server can hand keys off.
 //
 // Forward and ForwardRelease send a call to the owner. Concurrent calls to
-// the same member are coalesced into one AllowBatch or ReleaseBatch RPC
+// the same member are coalesced into one AllowBatch or ReleaseBatch batch
 // over a single long-lived connection; each item carries what is left of
 // its caller's deadline, and each result is either a response or a status
 // that becomes a *RemoteError here. Replicate, PushState and Fetch move
 // opaque, versioned key state between members; what the state means is the
 // server's business (the Handler interface).
+//
+// With Config.WireAddr set, a node also serves the peer wire (wire.go) and
+// gossips its address: Allow batches and Replicate calls to members that
+// gossip one travel over one TCP connection per member, in frames of the
+// same messages, decided and answered on the connection's goroutine.
+// Everything else, and everything to members without a wire address, is
+// the gRPC service.
 //
 // SetPolicy and DeletePolicy change a small versioned map that memberlist
 // broadcasts and also exchanges whole during push/pull, so a member that
