@@ -320,6 +320,7 @@ func (s *wireServer) handle(raw net.Conn) {
 // goroutine; other batches get a goroutine of their own so that the
 // connection keeps reading.
 func (s *wireServer) frame(ctx context.Context, w *frameWriter, typ frameType, id uint64, payload []byte) {
+	defer s.recover(w, id)
 	ps := s.ps.Load()
 	switch typ {
 	case frameAllow:
@@ -339,7 +340,6 @@ func (s *wireServer) frame(ctx context.Context, w *frameWriter, typ frameType, i
 			go run()
 		}
 	case frameReplicate:
-		defer s.recover(w, id)
 		req := &limiterv1.ReplicateRequest{}
 		if err := proto.Unmarshal(payload, req); err != nil {
 			s.answer(w, id, nil, statusFrame(codes.InvalidArgument, fmt.Sprintf("decode replicate: %v", err)))
@@ -375,7 +375,8 @@ func (s *wireServer) answer(w *frameWriter, id uint64, resp *limiterv1.PeerAllow
 }
 
 // recover turns a handler panic into an Internal answer, as the gRPC
-// server's interceptor does, and logs it.
+// server's interceptor does, and logs it. Deferred by every goroutine that
+// answers a frame.
 func (s *wireServer) recover(w *frameWriter, id uint64) {
 	if p := recover(); p != nil {
 		s.log.Error("panic answering a peer wire request", "panic", p)

@@ -236,3 +236,27 @@ func FuzzWireFrames(f *testing.F) {
 		}
 	})
 }
+
+// TestWirePanicIsInternal: a handler that panics answers its batch with
+// INTERNAL, as the gRPC server's recovery does, and the connection goes on.
+func TestWirePanicIsInternal(t *testing.T) {
+	from := startNode(t, "from", withWire)
+	to := startNode(t, "to", withWire)
+	to.h.immediate = func(*limiterv1.AllowRequest) bool { return true }
+	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
+		if req.GetKey() == "boom" {
+			panic("handler bug")
+		}
+		return &limiterv1.PeerDecision{Allowed: true, Policy: "to"}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "boom"})
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != codes.Internal {
+		t.Errorf("Forward(boom) = %v, want RemoteError Internal", err)
+	}
+	if resp, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "fine"}); err != nil || !resp.GetAllowed() {
+		t.Errorf("Forward(fine) after a panic = %v, %v", resp, err)
+	}
+}
