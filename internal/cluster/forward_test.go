@@ -306,9 +306,12 @@ func TestForwardCancelled(t *testing.T) {
 	}
 }
 
-func TestReplicateFetchPush(t *testing.T) {
-	from := startNode(t, "from", nil)
-	to := startNode(t, "to", nil)
+func TestReplicateFetchPush(t *testing.T) { transports(t, testReplicateFetchPush) }
+
+func testReplicateFetchPush(t *testing.T, transport func(*Config)) {
+	from := startNode(t, "from", transport)
+	to := startNode(t, "to", transport)
+	wire := from.Self().WireAddr != ""
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 
@@ -331,11 +334,14 @@ func TestReplicateFetchPush(t *testing.T) {
 	}
 	err = from.Replicate(ctx, to.Self(), []*limiterv1.KeyState{{Policy: "default"}})
 	var re *RemoteError
-	if !errors.As(err, &re) || re.Code != codes.InvalidArgument {
-		t.Errorf("Replicate(bad) = %v, want RemoteError InvalidArgument", err)
+	if !errors.As(err, &re) || re.Code != codes.InvalidArgument || re.Peer != "to" {
+		t.Errorf("Replicate(bad) = %v, want RemoteError InvalidArgument from to", err)
 	}
-	if got := to.rpcs("Replicate") + to.rpcs("PushState") + to.rpcs("FetchState"); got != 4 {
-		t.Errorf("owner saw %d state RPCs, want 4", got)
+	// Replicate travels on the wire when there is one; PushState and
+	// FetchState always on gRPC.
+	checkTransport(t, to, "Replicate", wire)
+	if got := to.rpcs("PushState") + to.rpcs("FetchState"); got != 2 {
+		t.Errorf("owner saw %d PushState and FetchState RPCs, want 2", got)
 	}
 }
 

@@ -17,31 +17,6 @@ import (
 
 func withWire(c *Config) { c.WireAddr = "127.0.0.1:0" }
 
-func TestWireReplicate(t *testing.T) {
-	from := startNode(t, "from", withWire)
-	to := startNode(t, "to", withWire)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	states := []*limiterv1.KeyState{
-		{Policy: "default", Key: "a", State: []byte{1}, Version: 1},
-		{Policy: "default", Key: "b", State: []byte{2}, Version: 1},
-	}
-	if err := from.Replicate(ctx, to.Self(), states); err != nil {
-		t.Fatalf("Replicate() = %v", err)
-	}
-	got, err := from.Fetch(ctx, to.Self(), []*limiterv1.KeyRef{{Policy: "default", Key: "a"}, {Policy: "default", Key: "b"}})
-	if err != nil || len(got) != 2 {
-		t.Fatalf("Fetch() = %v, %v, want both replicated keys", got, err)
-	}
-	// The handler's error comes back as the owner's status.
-	err = from.Replicate(ctx, to.Self(), []*limiterv1.KeyState{{Policy: "default"}})
-	var re *RemoteError
-	if !errors.As(err, &re) || re.Code != codes.InvalidArgument || re.Peer != "to" {
-		t.Errorf("Replicate(bad) = %v, want RemoteError InvalidArgument from to", err)
-	}
-	checkTransport(t, to, "Replicate", true)
-}
-
 // TestWireMixed: a node without the wire and one with it still talk, over
 // gRPC, whichever of them forwards.
 func TestWireMixed(t *testing.T) {
