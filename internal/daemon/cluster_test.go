@@ -232,42 +232,69 @@ func TestClusterGracefulLeaveKeepsCounts(t *testing.T) {
 
 // TestImmediateOnOwnerOnly checks which forwarded calls an owner decides
 // on the batch's own goroutine: only those for keys it owns and has merged
-// with its peers' copies. Node 0 started alone, so each of its keys is
-// merged before its first decision; node 1 joined a cluster that held no
-// state, so its keys need no merge.
+// with its peers' copies. A cluster that forms from scratch has nothing to
+// merge, the node that started alone included; after a member leaves, each
+// key is merged before its next decision.
 func TestImmediateOnOwnerOnly(t *testing.T) {
-	nodes := startCluster(t, 2)
+	nodes := startCluster(t, 3)
 	cs := clients(t, nodes)
-	var keys [2][]string // keys owned by node 0 and by node 1
-	for i := 0; len(keys[0]) < 10 || len(keys[1]) < 10; i++ {
+	owners := map[string]int{} // key -> index of its owner
+	for i := range 60 {
 		key := fmt.Sprintf("k-%d", i)
-		if _, self := nodes[0].Node().Owner(key); self {
-			keys[0] = append(keys[0], key)
-		} else {
-			keys[1] = append(keys[1], key)
+		for j, m := range nodes {
+			if _, self := m.Node().Owner(key); self {
+				owners[key] = j
+			}
 		}
 	}
 	req := func(key string) *limiterv1.AllowRequest { return &limiterv1.AllowRequest{Policy: "hundred", Key: key} }
-	check := func(when string, want func(node, owner int) bool) {
+	check := func(when string, live []int, want func(node, owner int) bool) {
 		t.Helper()
-		for j, m := range nodes {
-			for owner, ks := range keys {
-				for _, key := range ks {
-					if got, want := m.glue.Immediate(req(key)), want(j, owner); got != want {
-						t.Errorf("%s: node %d: Immediate(%s) = %v, want %v (owner: node %d)", when, j, key, got, want, owner)
-					}
+		for _, j := range live {
+			for key, owner := range owners {
+				if got, want := nodes[j].glue.Immediate(req(key)), want(j, owner); got != want {
+					t.Errorf("%s: node %d: Immediate(%s) = %v, want %v (owner: node %d)", when, j, key, got, want, owner)
 				}
 			}
 		}
 	}
-	waitFor(t, 5*time.Second, "node 1 decides its keys at once", func() bool { return nodes[1].glue.Immediate(req(keys[1][0])) })
-	check("before any call", func(node, owner int) bool { return node == 1 && owner == 1 })
+	// Each node learns that its peers held no state in the background.
+	waitFor(t, 5*time.Second, "every node to decide its own keys at once", func() bool {
+		for key, owner := range owners {
+			if !nodes[owner].glue.Immediate(req(key)) {
+				return false
+			}
+		}
+		return true
+	})
+	check("formed from scratch", []int{0, 1, 2}, func(node, owner int) bool { return node == owner })
+
+	if err := nodes[2].Close(); err != nil {
+		t.Fatalf("Close(node 2) = %v", err)
+	}
+	live := []int{0, 1}
+	for key := range owners {
+		for _, j := range live {
+			if _, self := nodes[j].Node().Owner(key); self {
+				owners[key] = j
+			}
+		}
+	}
+	waitFor(t, 5*time.Second, "nodes 0 and 1 to see node 2 leave", func() bool {
+		for key, owner := range owners {
+			if nodes[owner].glue.Immediate(req(key)) {
+				return false
+			}
+		}
+		return true
+	})
+	check("after a member left", live, func(int, int) bool { return false })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, key := range keys[0] {
+	for key := range owners {
 		if _, err := cs[1].Allow(ctx, req(key)); err != nil {
 			t.Fatalf("Allow(%s) via node 1 = %v", key, err)
 		}
 	}
-	check("after a call for each key of node 0", func(node, owner int) bool { return node == owner })
+	check("after a call for each key", live, func(node, owner int) bool { return node == owner })
 }

@@ -696,9 +696,15 @@ func (c *Cluster) OnChange(ch cluster.Change) {
 		return // this node's own arrival (Start counts it), or before Start
 	}
 	joinedCluster := ch.Kind == cluster.MemberJoined && ch.Before != nil && ch.Before.Len() <= 1
-	if ch.Kind == cluster.MemberLeft || joinedCluster && c.peersHoldState(context.Background()) {
+	switch {
+	case ch.Kind == cluster.MemberLeft, joinedCluster && c.peersHoldState(context.Background()):
 		c.changedAt.Store(time.Now().UnixNano())
 		c.epoch.Add(1)
+	case joinedCluster:
+		// Members joined this node, which started alone, holding no state:
+		// no key of this node's has a past elsewhere, so its first
+		// decisions need no merge (as Joined finds for a node that joins).
+		c.epoch.CompareAndSwap(1, 0)
 	}
 	if ch.Before == nil || ch.After == nil || ch.After.Len() == 0 {
 		return
