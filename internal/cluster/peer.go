@@ -95,9 +95,12 @@ func (s *peerServer) allowBatch(ctx context.Context, items []*limiterv1.PeerAllo
 			results[i] = &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Decision{Decision: resp}}
 		}
 	}
+	if len(items) == 1 {
+		inline[0] = true // a goroutine would only add a hand-off
+	}
 	var wg sync.WaitGroup
 	for i, ok := range inline {
-		if ok || len(items) == 1 {
+		if ok {
 			continue
 		}
 		wg.Add(1)
@@ -107,7 +110,7 @@ func (s *peerServer) allowBatch(ctx context.Context, items []*limiterv1.PeerAllo
 		}()
 	}
 	for i, ok := range inline {
-		if ok || len(items) == 1 {
+		if ok {
 			run(i)
 		}
 	}
