@@ -25,4 +25,8 @@ var (
 	// ErrEmptyKey is returned when a key is nil or empty; bbolt cannot store
 	// an empty key.
 	ErrEmptyKey = errors.New("store: empty key")
+
+	// ErrTooLarge is returned when a key or value exceeds bbolt's limits
+	// (bbolt.MaxKeySize, bbolt.MaxValueSize).
+	ErrTooLarge = errors.New("store: key or value too large")
 )

@@ -5,10 +5,14 @@ import (
 	"fmt"
 )
 
-// formatVersion is the on-disk layout this build reads and writes. Bump it
-// when the meaning of buckets or records changes in a way older builds must
-// not read.
-const formatVersion uint32 = 1
+// formatVersion is the on-disk layout this build writes. Bump it when the
+// meaning of buckets or records changes in a way older builds must not read.
+// Version 2 added the journal bucket, which a version 1 build would ignore,
+// reading stale records. Open upgrades a version 1 file in place.
+const formatVersion uint32 = 2
+
+// oldestFormatVersion is the oldest layout Open reads (and upgrades).
+const oldestFormatVersion uint32 = 1
 
 // formatKey is the KindMeta key holding the encoded format record.
 var formatKey = []byte("format")

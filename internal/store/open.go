@@ -75,7 +75,18 @@ func Open(cfg Config) (*DB, error) {
 		_ = bdb.Close()
 		return nil, openErr(path, err)
 	}
-	return &DB{path: path, bolt: bdb}, nil
+	// What a previous process journaled goes into the buckets now, so the
+	// overlay starts empty (and a DB without a journal finds none).
+	// checkReadOnly decoded every entry already.
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		_, err := fold(tx)
+		return err
+	})
+	if err != nil {
+		_ = bdb.Close()
+		return nil, openErr(path, fmt.Errorf("fold journal: %w", err))
+	}
+	return &DB{path: path, bolt: bdb, journalMax: cfg.JournalBytes}, nil
 }
 
 // checkReadOnly opens an existing file read-only and validates it, so that
@@ -107,16 +118,14 @@ func initLayout(bdb *bolt.DB) error {
 		return err
 	}
 	return bdb.Update(func(tx *bolt.Tx) error {
-		for _, k := range kinds {
+		for _, k := range layout {
 			if _, err := tx.CreateBucketIfNotExists([]byte(k)); err != nil {
 				return fmt.Errorf("create bucket %q: %w", k, err)
 			}
 		}
-		m := tx.Bucket([]byte(KindMeta))
-		if m.Get(formatKey) != nil {
-			return nil
-		}
-		return m.Put(formatKey, encodeFormat(formatVersion))
+		// A new file, or an older layout validate accepted: either way it
+		// now has every bucket of this version.
+		return tx.Bucket([]byte(KindMeta)).Put(formatKey, encodeFormat(formatVersion))
 	})
 }
 
@@ -181,12 +190,12 @@ func validate(bdb *bolt.DB, full bool) (complete bool, err error) {
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrCorrupt, err)
 		}
-		if v != formatVersion {
-			return fmt.Errorf("%w: unsupported format version %d (this build reads %d)", ErrCorrupt, v, formatVersion)
+		if v < oldestFormatVersion || v > formatVersion {
+			return fmt.Errorf("%w: unsupported format version %d (this build reads %d to %d)", ErrCorrupt, v, oldestFormatVersion, formatVersion)
 		}
 
-		complete = true
-		for _, k := range kinds {
+		complete = v == formatVersion
+		for _, k := range layout {
 			b := tx.Bucket([]byte(k))
 			if b == nil {
 				complete = false
@@ -195,6 +204,9 @@ func validate(bdb *bolt.DB, full bool) (complete bool, err error) {
 			if err := walk(b, full); err != nil {
 				return fmt.Errorf("%w: bucket %q: %w", ErrCorrupt, k, err)
 			}
+		}
+		if err := checkJournal(tx); err != nil {
+			return fmt.Errorf("%w: %w", ErrCorrupt, err)
 		}
 		return nil
 	})

@@ -29,8 +29,8 @@ const (
 	KindMeta Kind = "meta"
 )
 
-// kinds lists every bucket Open creates.
-var kinds = []Kind{KindState, KindPolicies, KindMeta}
+// layout lists every bucket Open creates: one per Kind, and the journal.
+var layout = []Kind{KindState, KindPolicies, KindMeta, Kind(journalBucket)}
 
 // valid reports whether k is one of the declared kinds.
 func (k Kind) valid() bool {
@@ -68,6 +68,13 @@ type Config struct {
 	// NoSync disables fsync, so a crash can lose or corrupt recent writes.
 	// Tests and benchmarks only. Default false.
 	NoSync bool
+	// JournalBytes is how many bytes of Write's ops the journal holds
+	// before the next Write folds it into the buckets (see journal.go).
+	// The overlay that mirrors the journal holds about as much memory.
+	// Default DefaultJournalBytes (1 MiB); zero means the default, and a
+	// negative value turns the journal off, so every Write updates the
+	// buckets in place.
+	JournalBytes int
 }
 
 // DefaultConfig returns a Config with every field but Path set.
@@ -76,6 +83,7 @@ func DefaultConfig() Config {
 		OpenTimeout:   time.Second,
 		MaxBatchSize:  1000,
 		MaxBatchDelay: time.Millisecond,
+		JournalBytes:  DefaultJournalBytes,
 	}
 }
 
@@ -107,6 +115,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxBatchDelay == 0 {
 		c.MaxBatchDelay = d.MaxBatchDelay
 	}
+	if c.JournalBytes == 0 {
+		c.JournalBytes = d.JournalBytes
+	}
 	return c
 }
 
@@ -116,6 +127,10 @@ func (c Config) withDefaults() Config {
 type DB struct {
 	path string
 	bolt *bolt.DB
+
+	journalMax int        // Config.JournalBytes; negative: no journal
+	wmu        sync.Mutex // held by Write and DeleteUnchanged across commit and overlay update
+	ov         overlay
 
 	mu     sync.Mutex  // serializes Close
 	closed atomic.Bool // set by Close; never blocks readers
@@ -141,8 +156,30 @@ func (db *DB) Write(ctx context.Context, kind Kind, ops []Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
+	if db.journalMax < 0 {
+		err := db.bolt.Update(func(tx *bolt.Tx) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return apply(tx, kind, ops)
+		})
+		if err != nil {
+			return fmt.Errorf("store: write %d ops to %s in %s: %w", len(ops), kind, db.path, db.mapErr(err))
+		}
+		return nil
+	}
+	enc := encodeEntry(kind, ops)
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
+	direct := db.ov.size()+len(enc) > db.journalMax
 	err := db.bolt.Update(func(tx *bolt.Tx) error {
 		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !direct {
+			return appendEntry(tx, enc)
+		}
+		if _, err := fold(tx); err != nil {
 			return err
 		}
 		return apply(tx, kind, ops)
@@ -150,6 +187,16 @@ func (db *DB) Write(ctx context.Context, kind Kind, ops []Op) error {
 	if err != nil {
 		return fmt.Errorf("store: write %d ops to %s in %s: %w", len(ops), kind, db.path, db.mapErr(err))
 	}
+	if direct {
+		db.ov.reset()
+		return nil
+	}
+	// The overlay keeps slices of enc, which nothing else holds or changes.
+	_, own, err := decodeEntry(enc)
+	if err != nil {
+		panic(fmt.Sprintf("store: journal entry does not decode: %v", err))
+	}
+	db.ov.add(kind, own, len(enc))
 	return nil
 }
 
@@ -161,8 +208,16 @@ func (db *DB) DeleteUnchanged(ctx context.Context, kind Kind, ops []Op) (int, er
 	if err := db.checkWrite(ctx, kind, ops); err != nil {
 		return 0, fmt.Errorf("store: delete %d records of %s: %w", len(ops), kind, err)
 	}
+	db.wmu.Lock()
+	defer db.wmu.Unlock()
 	n := 0
 	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		n = 0
+		if db.journalMax >= 0 {
+			if _, err := fold(tx); err != nil {
+				return err
+			}
+		}
 		b := tx.Bucket([]byte(kind))
 		if b == nil {
 			return fmt.Errorf("%w: %q", ErrBadKind, kind)
@@ -180,6 +235,7 @@ func (db *DB) DeleteUnchanged(ctx context.Context, kind Kind, ops []Op) (int, er
 	if err != nil {
 		return 0, fmt.Errorf("store: delete %d records of %s in %s: %w", len(ops), kind, db.path, db.mapErr(err))
 	}
+	db.ov.reset()
 	return n, nil
 }
 
@@ -202,14 +258,29 @@ func (db *DB) WriteSync(ctx context.Context, kind Kind, ops []Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
+	// A journaled record is newer than the bucket's, so these ops, which
+	// go straight to the bucket, first fold the journal: otherwise an older
+	// journaled value of the same key would win over them.
 	err := db.bolt.Batch(func(tx *bolt.Tx) error {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if db.journalMax >= 0 {
+			if _, err := fold(tx); err != nil {
+				return err
+			}
 		}
 		return apply(tx, kind, ops)
 	})
 	if err != nil {
 		return fmt.Errorf("store: sync write %d ops to %s in %s: %w", len(ops), kind, db.path, db.mapErr(err))
+	}
+	if db.journalMax >= 0 && db.ov.size() > 0 {
+		// The batch ran outside db.wmu, so a Write may have journaled more
+		// since its fold: the overlay is rebuilt from the bucket, not just
+		// emptied. Until then Get may return the older value of a key these
+		// ops wrote.
+		return db.reloadOverlay()
 	}
 	return nil
 }
@@ -223,8 +294,15 @@ func (db *DB) checkWrite(ctx context.Context, kind Kind, ops []Op) error {
 		return fmt.Errorf("%w %q", ErrBadKind, kind)
 	}
 	for i := range ops {
-		if len(ops[i].Key) == 0 {
+		switch {
+		case len(ops[i].Key) == 0:
 			return fmt.Errorf("op %d: %w", i, ErrEmptyKey)
+		// bbolt would refuse these inside the transaction; a journaled op
+		// must be refused before it is journaled, or every fold would fail.
+		case len(ops[i].Key) > bolt.MaxKeySize:
+			return fmt.Errorf("op %d: key of %d bytes: %w", i, len(ops[i].Key), ErrTooLarge)
+		case len(ops[i].Value) > bolt.MaxValueSize:
+			return fmt.Errorf("op %d: value of %d bytes: %w", i, len(ops[i].Value), ErrTooLarge)
 		}
 	}
 	return ctx.Err()
@@ -261,6 +339,12 @@ func (db *DB) Get(kind Kind, key []byte) ([]byte, error) {
 	if len(key) == 0 {
 		return nil, fmt.Errorf("store: get from %s: %w", kind, ErrEmptyKey)
 	}
+	if ov, ok := db.ov.get(kind, key); ok {
+		if ov.deleted {
+			return nil, fmt.Errorf("store: get %q from %s: %w", key, kind, ErrNotFound)
+		}
+		return append([]byte{}, ov.value...), nil
+	}
 	var v []byte
 	err := db.bolt.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(kind))
@@ -293,6 +377,9 @@ func (db *DB) ForEach(kind Kind, fn func(k, v []byte) error) error {
 	if err := db.checkRead(kind); err != nil {
 		return fmt.Errorf("store: for each in %s: %w", kind, err)
 	}
+	if err := db.foldJournal(); err != nil {
+		return fmt.Errorf("store: for each in %s: %w", kind, err)
+	}
 	var fnErr error
 	err := db.bolt.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(kind))
@@ -321,6 +408,9 @@ func (db *DB) ForEach(kind Kind, fn func(k, v []byte) error) error {
 // concurrent use.
 func (db *DB) Len(kind Kind) (int, error) {
 	if err := db.checkRead(kind); err != nil {
+		return 0, fmt.Errorf("store: len of %s: %w", kind, err)
+	}
+	if err := db.foldJournal(); err != nil {
 		return 0, fmt.Errorf("store: len of %s: %w", kind, err)
 	}
 	var n int

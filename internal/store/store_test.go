@@ -171,8 +171,8 @@ func TestWriteAllOrNothing(t *testing.T) {
 	}{
 		{"empty key", []Op{put("a", "1"), {Key: nil, Value: []byte("x")}, put("c", "3")}, ErrEmptyKey},
 		{"empty key on delete", []Op{put("a", "1"), {Key: []byte{}, Delete: true}}, ErrEmptyKey},
-		// Caught by bbolt inside the transaction, so this checks rollback.
-		{"key too large", []Op{put("a", "1"), put("b", "2"), {Key: make([]byte, bolt.MaxKeySize+1), Value: []byte("x")}}, nil},
+		// bbolt's limit, checked before anything is journaled.
+		{"key too large", []Op{put("a", "1"), put("b", "2"), {Key: make([]byte, bolt.MaxKeySize+1), Value: []byte("x")}}, ErrTooLarge},
 	}
 	for _, tt := range tests {
 		for _, sync := range []bool{false, true} {
@@ -500,7 +500,7 @@ func TestOpenCorrupt(t *testing.T) {
 				return tx.Bucket([]byte(KindMeta)).Put(formatKey, encodeFormat(formatVersion+1))
 			}))
 			must(t, b.Close())
-		}, "unsupported format version 2"},
+		}, "unsupported format version 3"},
 		{"garbled format record", func(t *testing.T, path string) {
 			copyFile(t, validFile(t, 10), path)
 			b, err := bolt.Open(path, 0o600, nil)
