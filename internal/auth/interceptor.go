@@ -30,6 +30,7 @@ const (
 	ruleKey               // any token whose prefixes cover the request's key
 	ruleEnvoy             // any token whose prefixes cover "envoy:<domain>:"
 	ruleAdmin             // an admin token
+	ruleToken             // any client or admin token
 	rulePeer              // the peer secret
 )
 
@@ -39,6 +40,7 @@ const (
 	adminPrefix      = "/limiter.v1.Admin/"
 	peerPrefix       = "/limiter.v1.Peer/"
 	envoyMethod      = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+	membersMethod    = "/limiter.v1.Admin/ListMembers"
 	healthPrefix     = "/grpc.health.v1.Health/"
 	reflectionPrefix = "/grpc.reflection."
 )
@@ -55,6 +57,8 @@ func ruleFor(method string) rule {
 		return ruleKey
 	case method == envoyMethod:
 		return ruleEnvoy
+	case method == membersMethod:
+		return ruleToken
 	case strings.HasPrefix(method, adminPrefix):
 		return ruleAdmin
 	case strings.HasPrefix(method, peerPrefix):
@@ -73,7 +77,10 @@ func ruleFor(method string) rule {
 //     lease id was issued for, via Config.LeaseKey).
 //   - /envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit: a client
 //     or admin token whose key prefixes cover "envoy:<domain>:".
-//   - /limiter.v1.Admin/*: an admin token.
+//   - /limiter.v1.Admin/ListMembers: any client or admin token, so that a
+//     client can route keys to their owners (client.WithRouting); it tells
+//     node names and addresses, nothing about keys.
+//   - /limiter.v1.Admin/* otherwise: an admin token.
 //   - /limiter.v1.Peer/*: the peer secret in x-limiterd-peer; client and admin
 //     tokens are refused.
 //   - /grpc.health.v1.Health/* and /grpc.reflection.*: open, nothing checked.
@@ -153,7 +160,7 @@ func (a *Authenticator) check(ctx context.Context, r rule, method string) (*toke
 		return nil, err
 	}
 	switch r {
-	case ruleKey, ruleEnvoy:
+	case ruleKey, ruleEnvoy, ruleToken:
 		return t, nil
 	case ruleAdmin:
 		if t.id.Role == RoleAdmin {

@@ -112,6 +112,9 @@ func TestUnaryInterceptor(t *testing.T) {
 		{name: "admin with prefixes on Admin", ctx: md(bearer(narrowAdmToken)...), method: adminMethod, req: &limiterv1.ListPoliciesRequest{}, want: codes.OK, wantName: "tenant-admin"},
 		{name: "client on Admin", ctx: md(bearer(clientToken)...), method: adminMethod, req: &limiterv1.ListPoliciesRequest{}, want: codes.PermissionDenied},
 		{name: "all-keys client on Admin", ctx: md(bearer(allKeysToken)...), method: "/limiter.v1.Admin/ResetKey", req: &limiterv1.ResetKeyRequest{Key: "x"}, want: codes.PermissionDenied},
+		{name: "client on ListMembers", ctx: md(bearer(clientToken)...), method: "/limiter.v1.Admin/ListMembers", req: &limiterv1.ListMembersRequest{}, want: codes.OK, wantName: "edge-gateway"},
+		{name: "no token on ListMembers", ctx: context.Background(), method: "/limiter.v1.Admin/ListMembers", req: &limiterv1.ListMembersRequest{}, want: codes.Unauthenticated},
+		{name: "peer secret on ListMembers", ctx: md(PeerSecretKey, peerSecret), method: "/limiter.v1.Admin/ListMembers", req: &limiterv1.ListMembersRequest{}, want: codes.Unauthenticated},
 		{name: "no token on Admin", ctx: context.Background(), method: adminMethod, req: &limiterv1.ListPoliciesRequest{}, want: codes.Unauthenticated},
 		{name: "peer secret on Admin", ctx: md(PeerSecretKey, peerSecret), method: adminMethod, req: &limiterv1.ListPoliciesRequest{}, want: codes.Unauthenticated},
 
