@@ -86,7 +86,7 @@ func (c *Client) Allow(ctx context.Context, key string, opts ...AllowOption) (*D
 	for _, o := range opts {
 		o(req)
 	}
-	res, err := c.limiter.Allow(ctx, req)
+	res, err := c.allow(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("limiterd allow %q: %w", key, err)
 	}

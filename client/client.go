@@ -32,6 +32,7 @@ type Client struct {
 	conn    *grpc.ClientConn
 	limiter limiterv1.LimiterClient
 	admin   limiterv1.AdminClient
+	router  *router // nil without WithRouting
 }
 
 // Option configures New.
@@ -43,6 +44,7 @@ type options struct {
 	insecure bool
 	timeout  time.Duration
 	dial     []grpc.DialOption
+	routing  time.Duration // refresh interval; zero: no routing
 }
 
 // WithToken sends token as "authorization: Bearer <token>" on every call.
@@ -107,12 +109,22 @@ func New(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: %s: %w", target, err)
 	}
-	return &Client{conn: conn, limiter: limiterv1.NewLimiterClient(conn), admin: limiterv1.NewAdminClient(conn)}, nil
+	c := &Client{conn: conn, limiter: limiterv1.NewLimiterClient(conn), admin: limiterv1.NewAdminClient(conn)}
+	if o.routing > 0 {
+		c.router = newRouter(c.admin, dial, o.routing)
+	}
+	return c, nil
 }
 
-// Close closes the connection. Calls in progress fail; calls after Close
-// fail with codes.Canceled.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes the connection (and, with WithRouting, those to the
+// members). Calls in progress fail; calls after Close fail with
+// codes.Canceled.
+func (c *Client) Close() error {
+	if c.router != nil {
+		c.router.close()
+	}
+	return c.conn.Close()
+}
 
 // Admin returns the raw limiter.v1.Admin client over the same connection,
 // with the same token and timeout.

@@ -10,6 +10,9 @@
 //	if !d.Allowed { ... }        // 429 with d.ErrorBody and d.Headers
 //	if d.LeaseID != "" { defer c.Release(context.WithoutCancel(ctx), d.LeaseID) }
 //
+// With WithRouting, Allow goes straight to the key's owner in a cluster
+// instead of through the target, which would forward it.
+//
 // Going over a limit is a Decision with Allowed false, not an error. Errors
 // are gRPC status errors (wrapped; use status.Code or errors.As to read
 // them).
