@@ -1,62 +1,21 @@
 package client
 
 import (
-	"bufio"
 	"fmt"
-	"io"
-	"log/slog"
-	"net/http"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/limiterd/limiterd/internal/cluster"
 	"github.com/limiterd/limiterd/internal/daemon"
 	"github.com/limiterd/limiterd/internal/policy"
+	"github.com/limiterd/limiterd/internal/testcluster"
 )
 
-// startNodes runs an n-node cluster in this process on loopback, with
-// /metrics served, and waits until every node sees all n.
+// startNodes runs an n-node cluster with the client tests' policies.
 func startNodes(t *testing.T, n int) []*daemon.Main {
 	t.Helper()
-	var nodes []*daemon.Main
-	for i := range n {
-		cfg := daemon.DefaultConfig()
-		cfg.NodeName = fmt.Sprintf("node-%d", i)
-		cfg.GRPCAddr = "127.0.0.1:0"
-		cfg.HTTPAddr = "127.0.0.1:0"
-		cfg.GossipAddr = "127.0.0.1:0"
-		cfg.DataDir = t.TempDir()
-		cfg.Policies = []policy.Policy{policy.Default(), tiny, {Name: "hundred", Limit: 100, Window: time.Minute}}
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		cfg.DrainTimeout = 2 * time.Second
-		cfg.Cluster = func(c *cluster.Config) {
-			c.GossipInterval = 20 * time.Millisecond
-			c.ProbeInterval = 100 * time.Millisecond
-			c.ProbeTimeout = 50 * time.Millisecond
-			c.PushPullInterval = 200 * time.Millisecond
-			c.ReconnectInterval = 100 * time.Millisecond
-		}
-		if i > 0 {
-			cfg.Join = []string{nodes[0].GossipAddr()}
-		}
-		m := daemon.New(cfg)
-		if err := m.Run(testCtx(t)); err != nil {
-			t.Fatalf("node %d: Run() = %v", i, err)
-		}
-		t.Cleanup(func() { m.Close() })
-		nodes = append(nodes, m)
-	}
-	waitUntil(t, "every node sees every member", func() bool {
-		for _, m := range nodes {
-			if m.Node().Ring().Len() != n {
-				return false
-			}
-		}
-		return true
+	return testcluster.Start(t, n, func(c *daemon.Config) {
+		c.Policies = []policy.Policy{policy.Default(), tiny, {Name: "hundred", Limit: 100, Window: time.Minute}}
 	})
-	return nodes
 }
 
 // waitUntil polls cond every 10ms for up to 10s.
@@ -71,31 +30,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// forwarded sums limiterd_forwarded_total{kind="allow"} over nodes.
-func forwarded(t *testing.T, nodes []*daemon.Main) float64 {
-	t.Helper()
-	var sum float64
-	for _, m := range nodes {
-		res, err := http.Get("http://" + m.HTTPAddr() + "/metrics")
-		if err != nil {
-			t.Fatalf("scrape %s: %v", m.HTTPAddr(), err)
-		}
-		sc := bufio.NewScanner(res.Body)
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.HasPrefix(line, "limiterd_forwarded_total{") && strings.Contains(line, `kind="allow"`) {
-				f := strings.Fields(line)
-				v, err := strconv.ParseFloat(f[len(f)-1], 64)
-				if err != nil {
-					t.Fatalf("metric line %q: %v", line, err)
-				}
-				sum += v
-			}
-		}
-		res.Body.Close()
-	}
-	return sum
-}
+func forwarded(t *testing.T, nodes []*daemon.Main) float64 { return testcluster.Forwarded(t, nodes) }
 
 func TestRoutingSendsKeysToOwners(t *testing.T) {
 	nodes := startNodes(t, 3)

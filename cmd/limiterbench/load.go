@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"regexp"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/limiterd/limiterd/client"
 	"github.com/limiterd/limiterd/internal/accuracy"
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
@@ -33,6 +35,7 @@ type loadConfig struct {
 	Timeout    time.Duration // per call
 	Release    bool          // release leases right away
 	MaxRecords int           // decisions kept for the accuracy check
+	Route      bool          // send each key to its owner (client.WithRouting)
 }
 
 // loadResult is what a run saw.
@@ -49,6 +52,73 @@ type loadResult struct {
 	// and the w= of the RateLimit-Policy header (0 when absent).
 	Limit  int64
 	Window time.Duration
+}
+
+// pickFunc returns the Limiter client a call for key goes to.
+type pickFunc func(key string) limiterv1.LimiterClient
+
+// target is one of the run's connections, or with routing one routing
+// client (a connection to its address plus one to each member).
+type target struct {
+	pick  pickFunc
+	close func()
+}
+
+// connect opens the run's targets: plain connections, or with cfg.Route
+// routing clients, waiting until each routes keys to their owners.
+func connect(ctx context.Context, cfg loadConfig, stderr io.Writer) ([]target, error) {
+	if !cfg.Route {
+		conns, err := dial(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		ts := make([]target, len(conns))
+		for i, c := range conns {
+			l := limiterv1.NewLimiterClient(c)
+			ts[i] = target{pick: func(string) limiterv1.LimiterClient { return l }, close: func() { c.Close() }}
+		}
+		return ts, nil
+	}
+	var ts []target
+	for i := range cfg.Conns {
+		addr := cfg.Addrs[i%len(cfg.Addrs)]
+		c, err := client.New(addr, client.WithRouting(0))
+		if err != nil {
+			closeTargets(ts)
+			return nil, fmt.Errorf("connect %s: %w", addr, err)
+		}
+		ts = append(ts, target{pick: c.LimiterFor, close: func() { c.Close() }})
+		if !waitRouted(ctx, c, cfg.KeyPrefix, min(cfg.Keys, 100), 5*time.Second) {
+			fmt.Fprintf(stderr, "limiterbench: %s: not routing every key to its owner after 5s (%v); those calls go to %s\n", addr, c.RoutingError(), addr)
+		}
+	}
+	return ts, nil
+}
+
+// waitRouted polls until the first n keys all go to a member other than
+// the target's own connection, or d passes.
+func waitRouted(ctx context.Context, c *client.Client, prefix string, n int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		all := true
+		for i := range n {
+			if c.LimiterFor(prefix+strconv.Itoa(i)) == c.Limiter() {
+				all = false
+				break
+			}
+		}
+		if all {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
+func closeTargets(ts []target) {
+	for _, t := range ts {
+		t.close()
+	}
 }
 
 // dial opens cfg.Conns connections and waits until each is ready.
@@ -106,7 +176,7 @@ type worker struct {
 
 // runLoad drives the load until ctx ends, cfg.Duration passes or
 // cfg.Requests calls were made, and returns what it saw.
-func runLoad(ctx context.Context, cfg loadConfig, conns []*grpc.ClientConn) *loadResult {
+func runLoad(ctx context.Context, cfg loadConfig, targets []target) *loadResult {
 	keys := make([]string, cfg.Keys)
 	for i := range keys {
 		keys[i] = cfg.KeyPrefix + strconv.Itoa(i)
@@ -128,7 +198,7 @@ func runLoad(ctx context.Context, cfg loadConfig, conns []*grpc.ClientConn) *loa
 	for w := range ws {
 		wk := &worker{errs: map[string]uint64{}}
 		ws[w] = wk
-		client := limiterv1.NewLimiterClient(conns[w%len(conns)])
+		pick := targets[w%len(targets)].pick
 		rng := rand.New(rand.NewPCG(uint64(t0.UnixNano()), uint64(w)))
 		wg.Add(1)
 		go func() {
@@ -141,7 +211,7 @@ func runLoad(ctx context.Context, cfg loadConfig, conns []*grpc.ClientConn) *loa
 				req := &limiterv1.AllowRequest{Key: keys[k], Policy: cfg.Policy, Hits: int64(cfg.Hits)}
 				cctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 				start := time.Since(t0)
-				resp, err := client.Allow(cctx, req)
+				resp, err := pick(req.Key).Allow(cctx, req)
 				end := time.Since(t0)
 				cancel()
 				wk.lat.record(end - start)
@@ -162,7 +232,7 @@ func runLoad(ctx context.Context, cfg loadConfig, conns []*grpc.ClientConn) *loa
 				}
 				if id := resp.GetLeaseId(); id != "" && cfg.Release {
 					rctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
-					if _, err := client.Release(rctx, &limiterv1.ReleaseRequest{LeaseId: id}); err != nil {
+					if _, err := pick(req.Key).Release(rctx, &limiterv1.ReleaseRequest{LeaseId: id}); err != nil {
 						wk.errs["release "+status.Code(err).String()]++
 					}
 					cancel()

@@ -98,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Int64Var(&o.tolerance, "tolerance", 0, "over-admission `hits` allowed for any one key before exiting 1")
 	fs.IntVar(&o.worst, "worst", 5, "keys to list in the report, most over-admitted first")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object instead of text")
+	fs.BoolVar(&o.load.Route, "route", false, "send each key straight to its owner (the Go client's WithRouting), one routing client per connection")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -161,16 +162,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	conns, err := dial(ctx, o.load)
+	targets, err := connect(ctx, o.load, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "limiterbench:", err)
 		return 2
 	}
-	res := runLoad(ctx, o.load, conns)
-	closeAll(conns)
+	res := runLoad(ctx, o.load, targets)
+	closeTargets(targets)
 
 	r := report{
-		Addrs: o.load.Addrs, Conns: len(conns), Workers: o.load.Workers, Keys: o.load.Keys,
+		Addrs: o.load.Addrs, Conns: len(targets), Workers: o.load.Workers, Keys: o.load.Keys,
 		ElapsedSec: res.Elapsed.Seconds(), Requests: res.Requests,
 		RPS:     float64(res.Requests) / res.Elapsed.Seconds(),
 		Allowed: res.Allowed, Denied: res.Denied, Errors: res.Requests - res.Allowed - res.Denied,
