@@ -30,7 +30,9 @@
 #      key-{{randomInt 0 KEYS}}, gRPC reflection, plain text), with the
 #      server's utime+stime read from /proc/PID/stat before and after; then,
 #      per round, limiterbench (closed loop, 64 workers, 4 connections)
-#      against each server;
+#      against each server, the servers' CPU read around it too, and once
+#      more against the cluster with --route (clients send each key to its
+#      owner: cluster-3-routed);
 #   5. measures the machine's CPU cost per wake-up of an idle process
 #      (bench/wakecost, a bare TCP echo; 4 s, or 16 s in a full run);
 #   6. prints one table and writes bench/results/summary.md, the ghz HTML
@@ -227,17 +229,24 @@ measure() {
 		"server CPU $(awk -v d="$ticks" -v hz="$CLK_TCK" -v n="$(cut -f1 <<<"$stat")" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }') us/call"
 }
 
-# bench SERVER ROUND [ARGS...]: limiterbench, closed loop; its JSON goes to
-# $RESULTS/limiterbench-SERVER-rROUND.json and a row to $TMP/lb.tsv:
-# server round rps exit.
+# bench LABEL SERVER ROUND [ARGS...]: limiterbench, closed loop, against
+# SERVER, with the servers' CPU read around it; its JSON goes to
+# $RESULTS/limiterbench-LABEL-rROUND.json and a row to $TMP/lb.tsv:
+# label round rps exit requests cpu_ticks.
 bench() {
-	local server=$1 round=$2 out=$RESULTS/limiterbench-$1-r$2.json rc=0 rps
-	shift 2
+	local label=$1 server=$2 round=$3 out=$RESULTS/limiterbench-$1-r$3.json rc=0 rps reqs before after
+	shift 3
+	# shellcheck disable=SC2086
+	local pids=(${PIDSOF[$server]})
+	before=$(cpu_ticks "${pids[@]}")
 	"$TMP/limiterbench" --addr "${ADDR[$server]}" --conns 4 --workers 64 --keys "$KEYS" \
 		--key-prefix "lb-" --duration "$LB_DURATION" --json "$@" >"$out" || rc=$?
+	after=$(cpu_ticks "${pids[@]}")
 	rps=$(grep -o '"rps": [0-9.]*' "$out" | awk '{ printf "%.0f", $2 }')
-	printf '%s\t%s\t%s\t%s\n' "$server" "$round" "${rps:-0}" "$rc" >>"$TMP/lb.tsv"
-	log "  $server limiterbench round $round: ${rps:-?} req/s (exit $rc)"
+	reqs=$(grep -o '"requests": [0-9]*' "$out" | awk '{ print $2 }')
+	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$round" "${rps:-0}" "$rc" "${reqs:-0}" "$((after - before))" >>"$TMP/lb.tsv"
+	log "  $label limiterbench round $round: ${rps:-?} req/s, server CPU" \
+		"$(awk -v d="$((after - before))" -v hz="$CLK_TCK" -v n="${reqs:-0}" 'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e6 / n; else printf "?" }') us/call (exit $rc)"
 }
 
 free_port() {
@@ -352,19 +361,23 @@ report() {
 				printf "| %s | %s | %.0f | %.2f | %.2f | %s | %.1f | %s | %s |\n", srv[k], cc[k], median(rps[k]), median(p50[k]), q99[k], err, cpu[k], cx, px
 			}
 		}' "$TMP/rows.tsv")
-	lbtable=$(awk -F'\t' '
+	lbtable=$(awk -F'\t' -v hz="$CLK_TCK" '
 		function median(list,   n, a, i, j, t) {
 			n = split(list, a, " ")
 			for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
 			return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
 		}
-		{ if (!($1 in rps)) order[++m] = $1; rps[$1] = rps[$1] " " $3; if ($4 != 0) bad[$1] = bad[$1] " " $4 }
+		{
+			if (!($1 in rps)) order[++m] = $1; rps[$1] = rps[$1] " " $3; if ($4 != 0) bad[$1] = bad[$1] " " $4
+			calls[$1] += $5; ticks[$1] += $6
+		}
 		END {
 			base = ("baseline" in rps) ? median(rps["baseline"]) : 0
-			printf "| server | limiterbench req/s | x baseline | non-zero exits |\n|---|---:|---:|---|\n"
+			bcpu = (calls["baseline"] > 0) ? ticks["baseline"] / hz * 1e6 / calls["baseline"] : 0
+			printf "| server | limiterbench req/s | x baseline | server CPU us/call | CPU/call x baseline | non-zero exits |\n|---|---:|---:|---:|---:|---|\n"
 			for (i = 1; i <= m; i++) {
-				s = order[i]; v = median(rps[s])
-				printf "| %s | %.0f | %s | %s |\n", s, v, (base > 0) ? sprintf("%.2f", v / base) : "-", (s in bad) ? substr(bad[s], 2) : "none"
+				s = order[i]; v = median(rps[s]); cpu = (calls[s] > 0) ? ticks[s] / hz * 1e6 / calls[s] : 0
+				printf "| %s | %.0f | %s | %.1f | %s | %s |\n", s, v, (base > 0) ? sprintf("%.2f", v / base) : "-", cpu, (bcpu > 0) ? sprintf("%.2f", cpu / bcpu) : "-", (s in bad) ? substr(bad[s], 2) : "none"
 			}
 		}' "$TMP/lb.tsv")
 	echo
@@ -389,7 +402,8 @@ report() {
 		echo
 		echo "$table"
 		echo
-		echo "limiterbench: closed loop, 64 workers, 4 connections, $LB_DURATION, $KEYS keys, median of $ROUNDS round(s)."
+		echo "limiterbench: closed loop, 64 workers, 4 connections, $LB_DURATION, $KEYS keys, median of $ROUNDS round(s); server CPU per call as above, over all rounds." \
+			"cluster-3 sends every call to node 1, which forwards 2/3 of them; cluster-3-routed is the same cluster with \`limiterbench --route\`: one routing client (client.WithRouting) per connection sends each key to its owner, so nothing is forwarded."
 		echo
 		echo "$lbtable"
 		echo
@@ -435,7 +449,8 @@ for c in "${CONCURRENCY[@]}"; do
 done
 for round in $(seq "$ROUNDS"); do
 	for s in "${SERVERS[@]}"; do
-		if [[ $s == baseline ]]; then bench "$s" "$round" --check=false; else bench "$s" "$round"; fi
+		if [[ $s == baseline ]]; then bench "$s" "$s" "$round" --check=false; else bench "$s" "$s" "$round"; fi
+		[[ $s != cluster-3 ]] || bench cluster-3-routed cluster-3 "$round" --route
 	done
 done
 log "measuring the machine's cost per wake-up (bench/wakecost)"
