@@ -123,6 +123,11 @@ type Config struct {
 	// Allow calls sent (for metrics). It must not block. Default nil.
 	OnBatch func(n int)
 
+	// OnWire, when set, is told of every peer wire connection made, dial
+	// that failed and connection that broke (for metrics). It must not
+	// block. Default nil.
+	OnWire func(WireEvent)
+
 	// Logger receives the node's logs, memberlist's included (at debug
 	// level, with memberlist's own "[WARN]" style prefixes). Default
 	// slog.Default().

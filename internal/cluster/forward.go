@@ -171,6 +171,7 @@ type forwarder struct {
 	faults  *Faults     // test-only fault injection (fault.go); nil in production
 	self    string      // this node's name, for faults
 	onBatch func(n int) // Config.OnBatch
+	onWire  func(WireEvent)
 
 	wire       bool // this node speaks the wire (Config.WireAddr set)
 	wireTLS    *tls.Config
@@ -188,7 +189,7 @@ func newForwarder(cfg Config, log *slog.Logger) *forwarder {
 		}),
 	}, cfg.DialOptions...)
 	return &forwarder{size: cfg.BatchSize, wait: cfg.BatchWait, opts: opts, log: log, peers: make(map[string]*peer),
-		faults: cfg.Faults, self: cfg.NodeName, onBatch: cfg.OnBatch,
+		faults: cfg.Faults, self: cfg.NodeName, onBatch: cfg.OnBatch, onWire: cfg.OnWire,
 		wire: cfg.WireAddr != "", wireTLS: cfg.WireDialTLS, wireSecret: cfg.WireSecret}
 }
 
@@ -233,7 +234,7 @@ func (f *forwarder) peer(m Member) (*peer, error) {
 	p := &peer{name: m.Name, addr: m.GRPCAddr, wireTo: m.WireAddr, conn: conn, client: limiterv1.NewPeerClient(conn), onBatch: f.onBatch}
 	sendAllow := inBackground(p.sendAllow)
 	if m.WireAddr != "" && f.wire {
-		p.wire = newWireClient(m.Name, m.WireAddr, f.wireTLS, f.wireSecret, f.log)
+		p.wire = newWireClient(m.Name, m.WireAddr, f.wireTLS, f.wireSecret, f.log, f.onWire)
 		sendAllow = p.sendAllowWire
 	}
 	p.allow = &batcher[*limiterv1.AllowRequest, *limiterv1.PeerDecision]{size: f.size, wait: f.wait, send: sendAllow}

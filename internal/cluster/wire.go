@@ -400,6 +400,16 @@ type wireConn struct {
 	w frameWriter
 }
 
+// WireEvent is what Config.OnWire is told.
+type WireEvent string
+
+// The WireEvents.
+const (
+	WireDialed     WireEvent = "dialed"      // a connection was made and said hello
+	WireDialFailed WireEvent = "dial_failed" // a dial or its handshake failed
+	WireBroken     WireEvent = "broken"      // a connection in use broke (its calls fail over)
+)
+
 // wireClient is the client side of one peer's wire: it dials lazily,
 // writes requests from the calling goroutine and answers them from the
 // connection's reader. A call fails with ErrOwnerUnavailable when the
@@ -409,6 +419,7 @@ type wireClient struct {
 	tls        *tls.Config
 	secret     string
 	log        *slog.Logger
+	onEvent    func(WireEvent) // Config.OnWire; may be nil
 
 	next atomic.Uint64 // request ids
 
@@ -422,8 +433,14 @@ type wireClient struct {
 	readerWG sync.WaitGroup
 }
 
-func newWireClient(name, addr string, tlsCfg *tls.Config, secret string, log *slog.Logger) *wireClient {
-	return &wireClient{name: name, addr: addr, tls: tlsCfg, secret: secret, log: log, pending: map[uint64]*wireCall{}}
+func newWireClient(name, addr string, tlsCfg *tls.Config, secret string, log *slog.Logger, onEvent func(WireEvent)) *wireClient {
+	return &wireClient{name: name, addr: addr, tls: tlsCfg, secret: secret, log: log, onEvent: onEvent, pending: map[uint64]*wireCall{}}
+}
+
+func (wc *wireClient) event(e WireEvent) {
+	if wc.onEvent != nil {
+		wc.onEvent(e)
+	}
 }
 
 // newID returns a fresh request id.
@@ -517,6 +534,9 @@ func (wc *wireClient) dial() {
 			}
 		}
 		wc.mu.Unlock()
+		if !errors.Is(err, ErrClosed) {
+			wc.event(WireDialFailed)
+		}
 		wc.log.Debug("peer wire dial", "member", wc.name, "addr", wc.addr, "err", err)
 		for _, call := range queued {
 			call.done(0, nil, fmt.Errorf("%w: dial %s: %v", ErrOwnerUnavailable, wc.addr, err))
@@ -534,6 +554,7 @@ func (wc *wireClient) dial() {
 	}
 	wc.readerWG.Add(1)
 	wc.mu.Unlock()
+	wc.event(WireDialed)
 	go wc.read(c)
 	for i, call := range queued {
 		if err := c.w.write(call.typ, ids[i], call.msg); err != nil {
@@ -614,6 +635,7 @@ func (wc *wireClient) read(c *wireConn) {
 func (wc *wireClient) broken(c *wireConn, err error) {
 	_ = c.c.Close()
 	wc.mu.Lock()
+	current := wc.conn == c && !wc.closed
 	if wc.conn == c {
 		wc.conn = nil
 	}
@@ -625,6 +647,9 @@ func (wc *wireClient) broken(c *wireConn, err error) {
 		}
 	}
 	wc.mu.Unlock()
+	if current {
+		wc.event(WireBroken)
+	}
 	for _, call := range failed {
 		call.done(0, nil, fmt.Errorf("%w: connection to %s: %v", ErrOwnerUnavailable, wc.name, err))
 	}

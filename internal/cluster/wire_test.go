@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,7 +67,16 @@ func TestWireSecret(t *testing.T) {
 // over at once (ErrOwnerUnavailable), and once it serves again the next
 // calls reconnect.
 func TestWireOwnerRestarts(t *testing.T) {
-	from := startNode(t, "from", withWire)
+	var mu sync.Mutex
+	events := map[WireEvent]int{}
+	from := startNode(t, "from", func(c *Config) {
+		withWire(c)
+		c.OnWire = func(e WireEvent) {
+			mu.Lock()
+			events[e]++
+			mu.Unlock()
+		}
+	})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +109,34 @@ func TestWireOwnerRestarts(t *testing.T) {
 		resp, err := from.Forward(ctx, to.Self(), req)
 		return err == nil && resp.GetPolicy() == "to"
 	})
+	// Dialed, broken by the shutdown, dialed again: what the metrics show.
+	mu.Lock()
+	defer mu.Unlock()
+	if events[WireDialed] < 2 || events[WireBroken] < 1 {
+		t.Errorf("wire events = %v, want dialed >= 2, broken >= 1", events)
+	}
+}
+
+// TestWireDialFailedEvent: a dial to an address nobody listens on fails the
+// call over and is reported to Config.OnWire.
+func TestWireDialFailedEvent(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	got := make(chan WireEvent, 4)
+	wc := newWireClient("gone", addr, nil, "", slog.New(slog.DiscardHandler), func(e WireEvent) { got <- e })
+	defer wc.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := wc.request(ctx, frameReplicate, &limiterv1.ReplicateRequest{}); !errors.Is(err, ErrOwnerUnavailable) {
+		t.Fatalf("request() to a dead address = %v, want ErrOwnerUnavailable", err)
+	}
+	if e := <-got; e != WireDialFailed {
+		t.Errorf("event = %q, want %q", e, WireDialFailed)
+	}
 }
 
 // TestWireRefusesStrangers: a connection that does not start with a

@@ -181,6 +181,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	lcfg.Logger = cfg.Logger
 	m.metrics = metrics.New(func() float64 { return float64(m.lim.Keys()) })
 	lcfg.OnFlush = m.metrics.Flush
+	m.metrics.Journal(m.db.JournalStats)
 	lcfg.Replicate = cfg.GossipAddr != ""
 	lcfg.MaxKeys = cfg.MaxKeys
 	if m.lim, err = limiter.New(lcfg); err != nil {
@@ -321,6 +322,7 @@ func (m *Main) startCluster() error {
 	ccfg.OnChange = m.glue.OnChange
 	ccfg.OnPolicy = m.glue.OnPolicy
 	ccfg.OnBatch = m.metrics.BatchSize
+	ccfg.OnWire = func(e cluster.WireEvent) { m.metrics.WireEvent(string(e)) }
 	ccfg.Logger = cfg.Logger
 	ccfg.DialOptions = m.peerDialOptions()
 	ccfg.WireAddr = m.wireAddr()

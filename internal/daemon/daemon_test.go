@@ -87,6 +87,8 @@ func TestHTTPEndpointsAndMetrics(t *testing.T) {
 		`limiterd_decisions_total{code="122",policy="default",shadow="false"} 1`,
 		`limiterd_request_duration_seconds_count{method="/limiter.v1.Limiter/Allow"} 2`,
 		`limiterd_keys_in_memory 1`,
+		`limiterd_store_journal_bytes `,
+		`limiterd_store_journal_folds_total `,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)

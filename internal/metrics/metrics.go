@@ -24,6 +24,7 @@ type Metrics struct {
 	flushTime  prometheus.Histogram
 	flushRecs  prometheus.Counter
 	overloaded prometheus.Counter
+	wire       *prometheus.CounterVec
 }
 
 // New registers the metrics, plus Go and process collectors, on a new
@@ -67,9 +68,13 @@ func New(keys func() float64) *Metrics {
 			Name: "limiterd_overloaded_total",
 			Help: "Calls refused with UNAVAILABLE because too many were in flight.",
 		}),
+		wire: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "limiterd_peer_wire_events_total",
+			Help: "Peer wire connections this node dialed (event=dialed), dials or handshakes that failed (dial_failed) and connections that broke while in use (broken).",
+		}, []string{"event"}),
 	}
 	m.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.decisions, m.latency, m.forwarded, m.batchSize, m.replLag, m.flushTime, m.flushRecs, m.overloaded)
+		m.decisions, m.latency, m.forwarded, m.batchSize, m.replLag, m.flushTime, m.flushRecs, m.overloaded, m.wire)
 	if keys != nil {
 		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "limiterd_keys_in_memory", Help: "Keys whose state is held in memory.",
@@ -136,6 +141,31 @@ func (m *Metrics) Flush(d time.Duration, records int) {
 	}
 	m.flushTime.Observe(d.Seconds())
 	m.flushRecs.Add(float64(records))
+}
+
+// WireEvent counts one peer wire event (cluster.WireEvent, as a string).
+func (m *Metrics) WireEvent(event string) {
+	if m != nil {
+		m.wire.WithLabelValues(event).Inc()
+	}
+}
+
+// Journal registers the store journal's size and fold count, read at each
+// scrape from stats (store.DB.JournalStats).
+func (m *Metrics) Journal(stats func() (bytes int, folds uint64)) {
+	if m == nil {
+		return
+	}
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "limiterd_store_journal_bytes",
+			Help: "Bytes of flushed records in the store's journal, not yet folded into their buckets.",
+		}, func() float64 { b, _ := stats(); return float64(b) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "limiterd_store_journal_folds_total",
+			Help: "Times the store's journal was folded into its buckets.",
+		}, func() float64 { _, f := stats(); return float64(f) }),
+	)
 }
 
 // Overloaded counts a call refused for load.

@@ -179,6 +179,7 @@ type overlay struct {
 	mu    sync.RWMutex
 	kinds map[Kind]map[string]overlayValue
 	bytes int // encoded size of the entries in the journal bucket
+	folds uint64
 }
 
 type overlayValue struct {
@@ -207,9 +208,21 @@ func (o *overlay) add(kind Kind, ops []Op, size int) {
 // reset empties the overlay once the journal has been folded.
 func (o *overlay) reset() {
 	o.mu.Lock()
+	if o.bytes > 0 {
+		o.folds++
+	}
 	o.kinds = nil
 	o.bytes = 0
 	o.mu.Unlock()
+}
+
+// JournalStats reports the bytes of ops the journal holds now and how many
+// times it was folded into the buckets since Open (for metrics). Both are 0
+// without a journal.
+func (db *DB) JournalStats() (bytes int, folds uint64) {
+	db.ov.mu.RLock()
+	defer db.ov.mu.RUnlock()
+	return db.ov.bytes, db.ov.folds
 }
 
 // get returns the journaled value of key, and whether there is one.

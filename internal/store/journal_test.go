@@ -136,6 +136,9 @@ func TestJournalWritesAppend(t *testing.T) {
 	if n := journalLen(t, db); n != 2 {
 		t.Fatalf("journal has %d entries, want 2", n)
 	}
+	if b, folds := db.JournalStats(); b == 0 || folds != 0 {
+		t.Errorf("JournalStats() = %d bytes, %d folds; want some bytes, no fold", b, folds)
+	}
 	var inBucket int
 	must(t, db.bolt.View(func(tx *bolt.Tx) error {
 		inBucket = tx.Bucket([]byte(KindState)).Stats().KeyN
@@ -158,6 +161,9 @@ func TestJournalWritesAppend(t *testing.T) {
 	must(t, db.Write(ctx, KindState, []Op{put("d", strings.Repeat("x", 5000))}))
 	if n := journalLen(t, db); n != 0 {
 		t.Errorf("journal has %d entries after a write past its limit, want 0", n)
+	}
+	if b, folds := db.JournalStats(); b != 0 || folds != 1 {
+		t.Errorf("JournalStats() after a fold = %d bytes, %d folds; want 0, 1", b, folds)
 	}
 	if got := dump(t, db, KindState); len(got) != 3 || got["b"] != "2" || got["c"] != "" || len(got["d"]) != 5000 {
 		t.Errorf("records = %v, want b, c and d", got)
