@@ -46,6 +46,7 @@ type config struct {
 	token    string
 	upstream string
 	timeout  time.Duration
+	route    bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -58,6 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&cfg.failOpen, "fail-open", false, "let requests through when limiterd is unreachable (default: answer 503)")
 	fs.StringVar(&cfg.upstream, "upstream", "", "proxy allowed requests to this `URL` instead of answering hello")
 	fs.DurationVar(&cfg.timeout, "timeout", client.DefaultMiddlewareTimeout, "deadline of each limiterd call")
+	fs.BoolVar(&cfg.route, "route", false, "send each key straight to the cluster node that owns it (client.WithRouting)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -75,7 +77,11 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	c, err := client.New(cfg.limiterd, client.WithToken(cfg.token))
+	opts := []client.Option{client.WithToken(cfg.token)}
+	if cfg.route {
+		opts = append(opts, client.WithRouting(0))
+	}
+	c, err := client.New(cfg.limiterd, opts...)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"github.com/limiterd/limiterd/client"
 	"github.com/limiterd/limiterd/internal/daemon"
 	"github.com/limiterd/limiterd/internal/policy"
+	"github.com/limiterd/limiterd/internal/testcluster"
 )
 
 func startDaemon(t *testing.T) string {
@@ -123,5 +125,54 @@ func TestFlags(t *testing.T) {
 	}
 	if _, err := newHandler(nil, config{upstream: "not a url"}, nil); err == nil {
 		t.Error("newHandler(bad upstream) = nil error, want one")
+	}
+}
+
+// TestGatewayRouted runs the gateway with --route against a 3-node
+// cluster: every API key still gets exactly its 2 calls a minute, and once
+// the client routes, no call is forwarded between nodes.
+func TestGatewayRouted(t *testing.T) {
+	nodes := testcluster.Start(t, 3, func(c *daemon.Config) {
+		c.Policies = []policy.Policy{policy.Default(), {Name: "hello", Limit: 2, Window: time.Minute}}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--limiterd", nodes[0].GRPCAddr(), "--listen", "127.0.0.1:0", "--policy", "hello", "--route"}, io.Discard, ready)
+	}()
+	base := "http://" + <-ready
+	// Warm-up keys until a round of them is not forwarded: the client has
+	// read the member list and connected to every node.
+	deadline := time.Now().Add(10 * time.Second)
+	for round := 0; ; round++ {
+		before := testcluster.Forwarded(t, nodes)
+		for i := range 12 {
+			get(t, base+"/hello", fmt.Sprintf("warm-%d-%d", round, i))
+		}
+		if testcluster.Forwarded(t, nodes) == before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the gateway's calls were still forwarded after 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	before := testcluster.Forwarded(t, nodes)
+	for i := range 9 {
+		key := fmt.Sprintf("user-%d", i)
+		for n := 1; n <= 3; n++ {
+			res, _ := get(t, base+"/hello", key)
+			if want := map[bool]int{true: http.StatusOK, false: http.StatusTooManyRequests}[n <= 2]; res.StatusCode != want {
+				t.Errorf("%s call %d = %d, want %d", key, n, res.StatusCode, want)
+			}
+		}
+	}
+	if d := testcluster.Forwarded(t, nodes) - before; d != 0 {
+		t.Errorf("%v calls forwarded with --route, want 0", d)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("run() = %v, want nil after ctx ends", err)
 	}
 }
