@@ -6,11 +6,13 @@
 // The limiter keeps its state in memory and persists it write-behind: it
 // flushes dirty records with Write, one transaction and one fsync per flush.
 // Write appends a flush's ops to a journal bucket as one value and folds the
-// journal into the kinds' buckets once it holds Config.JournalBytes (1 MiB),
-// so a flush writes about the bytes of its records instead of every b-tree
-// page they fall on (a tenth of the bytes for the load test's flushes, see
-// BenchmarkFlush). Reads see journaled records; Open folds a journal left
-// by a crash.
+// journal into the kinds' buckets once it holds Config.JournalBytes (4 MiB),
+// so a flush writes a few times the bytes of its records instead of every
+// b-tree page they fall on: 235 KiB instead of 1050 KiB for a flush of the
+// load test's size, in 0.9 ms instead of 2.5 ms (BenchmarkFlush; the rest
+// is the last journal leaf, rewritten with its neighbour, the freelist and
+// the amortized fold). Reads see journaled records; Open folds a journal
+// left by a crash.
 // In a synchronous mode it calls WriteSync, which uses bbolt's group commit
 // (DB.Batch) so that many concurrent calls share one fsync and each returns
 // only once its records are durable.

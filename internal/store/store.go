@@ -71,7 +71,7 @@ type Config struct {
 	// JournalBytes is how many bytes of Write's ops the journal holds
 	// before the next Write folds it into the buckets (see journal.go).
 	// The overlay that mirrors the journal holds about as much memory.
-	// Default DefaultJournalBytes (1 MiB); zero means the default, and a
+	// Default DefaultJournalBytes (4 MiB); zero means the default, and a
 	// negative value turns the journal off, so every Write updates the
 	// buckets in place.
 	JournalBytes int
