@@ -1,0 +1,164 @@
+package server
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/limiterd/limiterd/internal/limiter"
+	"github.com/limiterd/limiterd/internal/policy"
+	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
+)
+
+// fixedClock is a Service with only its clock set, for Response.
+func fixedClock() *Service {
+	return &Service{cfg: Config{Now: func() time.Time { return time.Date(2026, 12, 2, 3, 4, 5, 0, time.UTC) }}}
+}
+
+// randomResponse fills each field of an AllowResponse, or leaves it zero,
+// at random, with negative numbers and empty strings among the values.
+func randomResponse(r *rand.Rand) *limiterv1.AllowResponse {
+	i64 := func() int64 {
+		switch r.IntN(4) {
+		case 0:
+			return 0
+		case 1:
+			return -r.Int64N(1 << 40)
+		case 2:
+			return r.Int64N(200)
+		}
+		return r.Int64()
+	}
+	str := func() string {
+		if r.IntN(3) == 0 {
+			return ""
+		}
+		return fmt.Sprintf("s%d\x00é%d", r.IntN(1000), r.Int64())
+	}
+	dur := func() *durationpb.Duration {
+		switch r.IntN(3) {
+		case 0:
+			return nil
+		case 1:
+			return &durationpb.Duration{}
+		}
+		return &durationpb.Duration{Seconds: i64(), Nanos: int32(i64() % 1e9)}
+	}
+	m := &limiterv1.AllowResponse{
+		Allowed: r.IntN(2) == 0, Code: int32(i64()), Policy: str(), Limit: i64(), Remaining: i64(),
+		RetryAfter: dur(), ResetAfter: dur(), LeaseId: str(), MaxConcurrent: i64(), InFlight: i64(),
+		Degraded: r.IntN(2) == 0,
+	}
+	if r.IntN(2) == 0 {
+		m.Error = &limiterv1.Error{Code: int32(i64()), Error: str(), Message: str(), HttpStatus: 429, Path: str(), Body: str()}
+	}
+	if n := r.IntN(8); n > 0 {
+		m.Headers = map[string]string{}
+		for range n {
+			m.Headers[str()] = str()
+		}
+	}
+	return m
+}
+
+// TestCodecMatchesProto checks that the AllowResponse fast path writes the
+// bytes protobuf-go's deterministic marshaling writes, and that they decode
+// to the same message.
+func TestCodecMatchesProto(t *testing.T) {
+	c := newCodec()
+	r := rand.New(rand.NewPCG(3, 4))
+	msgs := []*limiterv1.AllowResponse{{}}
+	// What Response builds for an allowed and a denied call.
+	p := policy.Policy{Name: "uploads", Limit: 600, Window: 5 * time.Minute, MaxConcurrent: 2, LeaseTTL: time.Minute}
+	for _, allowed := range []bool{true, false} {
+		res := limiter.Result{Allowed: allowed, Policy: p, Limit: 600, Remaining: 17, ResetAfter: 90 * time.Second, RetryAfter: 2 * time.Second}
+		if !allowed {
+			res.Code = 122
+		}
+		msgs = append(msgs, fixedClock().Response(&res, "/v1/x", "req-1"))
+	}
+	for range 2000 {
+		msgs = append(msgs, randomResponse(r))
+	}
+	for i, m := range msgs {
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := c.Marshal(m)
+		if err != nil {
+			t.Fatalf("message %d: Marshal() = %v", i, err)
+		}
+		got := data.Materialize()
+		if !bytes.Equal(got, want) {
+			t.Fatalf("message %d (%v):\n got %x\nwant %x", i, m, got, want)
+		}
+		if n := allowResponseSize(m); n != len(want) {
+			t.Fatalf("message %d: allowResponseSize() = %d, want %d", i, n, len(want))
+		}
+		var back limiterv1.AllowResponse
+		if err := proto.Unmarshal(got, &back); err != nil || !proto.Equal(&back, m) {
+			t.Fatalf("message %d: decodes to %v (%v), want %v", i, &back, err, m)
+		}
+	}
+}
+
+// TestCodecDelegates checks that other messages, and an AllowResponse with
+// unknown fields, go through the proto codec.
+func TestCodecDelegates(t *testing.T) {
+	c := newCodec()
+	for _, m := range []proto.Message{
+		&limiterv1.ReleaseResponse{InFlight: 3},
+		&limiterv1.AllowRequest{Key: "k", Hits: 2},
+	} {
+		data, err := c.Marshal(m)
+		want, _ := proto.Marshal(m)
+		if err != nil || !bytes.Equal(data.Materialize(), want) {
+			t.Errorf("Marshal(%T) = %x, %v; want %x", m, data.Materialize(), err, want)
+		}
+	}
+	m := &limiterv1.AllowResponse{Allowed: true}
+	m.ProtoReflect().SetUnknown([]byte{0xf8, 0x07, 0x01}) // field 127, varint 1
+	data, err := c.Marshal(m)
+	want, _ := proto.Marshal(m)
+	if err != nil || !bytes.Equal(data.Materialize(), want) {
+		t.Errorf("Marshal(with unknown fields) = %x, %v; want %x", data.Materialize(), err, want)
+	}
+	if _, err := c.Marshal("not a message"); err == nil {
+		t.Error("Marshal(string) = nil error")
+	}
+	var back limiterv1.AllowRequest
+	in, _ := c.Marshal(&limiterv1.AllowRequest{Key: "x"})
+	if err := c.Unmarshal(in, &back); err != nil || back.Key != "x" {
+		t.Errorf("Unmarshal() = %v, %v", &back, err)
+	}
+}
+
+// BenchmarkMarshalAllowResponse compares the fast path with gRPC's proto
+// codec on the response of an allowed call (five headers).
+func BenchmarkMarshalAllowResponse(b *testing.B) {
+	p := policy.Policy{Name: "default", Limit: 600, Window: 5 * time.Minute}
+	res := limiter.Result{Allowed: true, Policy: p, Limit: 600, Remaining: 599, ResetAfter: 300 * time.Second}
+	m := fixedClock().Response(&res, "", "")
+	for _, bc := range []struct {
+		name string
+		c    encoding.CodecV2
+	}{{"proto", encoding.GetCodecV2("proto")}, {"fast", newCodec()}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				data, err := bc.c.Marshal(m)
+				if err != nil {
+					b.Fatal(err)
+				}
+				data.Free()
+			}
+		})
+	}
+}
