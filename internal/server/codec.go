@@ -1,8 +1,6 @@
 package server
 
 import (
-	"slices"
-
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -81,7 +79,8 @@ func appendAllowResponse(b []byte, m *limiterv1.AllowResponse) []byte {
 		b, _ = proto.MarshalOptions{UseCachedSize: true, Deterministic: true}.MarshalAppend(b, m.Error)
 	}
 	if len(m.Headers) > 0 {
-		for _, k := range sortedKeys(m.Headers) {
+		var arr [8]string
+		for _, k := range sortedKeys(m.Headers, &arr) {
 			v := m.Headers[k]
 			b = protowire.AppendTag(b, fHeaders, protowire.BytesType)
 			b = protowire.AppendVarint(b, uint64(mapEntrySize(k, v)))
@@ -108,13 +107,16 @@ func allowResponseSize(m *limiterv1.AllowResponse) int {
 	return n
 }
 
-func sortedKeys(h map[string]string) []string {
-	var arr [8]string // the usual five or six headers need no allocation
+// sortedKeys returns h's keys in order, by insertion sort: the usual five
+// or six headers need no allocation and no generic sort.
+func sortedKeys(h map[string]string, arr *[8]string) []string {
 	keys := arr[:0]
 	for k := range h {
 		keys = append(keys, k)
+		for i := len(keys) - 1; i > 0 && keys[i] < keys[i-1]; i-- {
+			keys[i], keys[i-1] = keys[i-1], keys[i]
+		}
 	}
-	slices.Sort(keys)
 	return keys
 }
 
