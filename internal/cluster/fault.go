@@ -38,6 +38,38 @@ type Faults struct {
 	mu     sync.RWMutex
 	names  map[string]string // gossip or gRPC address -> node name
 	groups map[string]int    // node name (or unknown address) -> side; nil when healed
+	calls  map[string]bool   // node names whose peer calls are cut (CutCalls)
+}
+
+// CutCalls makes every peer call (as listed above) to or from the named
+// nodes fail, while gossip goes on: the members stay in each other's rings
+// but cannot forward, replicate, push or fetch. It replaces any earlier
+// CutCalls; HealCalls ends it.
+func (f *Faults) CutCalls(names ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = make(map[string]bool, len(names))
+	for _, n := range names {
+		f.calls[f.resolveLocked(n)] = true
+	}
+}
+
+// HealCalls ends CutCalls.
+func (f *Faults) HealCalls() {
+	f.mu.Lock()
+	f.calls = nil
+	f.mu.Unlock()
+}
+
+// callCut reports whether a peer call from a to b fails: they are across a
+// partition, or either is named in CutCalls.
+func (f *Faults) callCut(a, b string) bool {
+	if f.Cut(a, b) {
+		return true
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.calls[f.resolveLocked(a)] || f.calls[f.resolveLocked(b)]
 }
 
 // Partition cuts the cluster into groups: nodes in different groups cannot

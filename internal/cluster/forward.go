@@ -212,7 +212,7 @@ func (f *forwarder) peer(m Member) (*peer, error) {
 	if m.Name == "" || m.GRPCAddr == "" {
 		return nil, ErrNoMembers
 	}
-	if f.faults != nil && f.faults.Cut(f.self, m.Name) { // test-only fault injection (fault.go)
+	if f.faults != nil && f.faults.callCut(f.self, m.Name) { // test-only fault injection (fault.go)
 		return nil, fmt.Errorf("%w: %s is across an injected partition", ErrOwnerUnavailable, m.Name)
 	}
 	f.mu.Lock()

@@ -285,3 +285,64 @@ func TestClusterPartition(t *testing.T) {
 		t.Errorf("after healing, %s on X: %d used, want at least max(%d, %d)", tilted, got, tiltedX, tiltedMaj)
 	}
 }
+
+// TestSyncRetriesWhenNoPeerAnswered: a node that rejoins and cannot reach
+// its peers for a key's state decides on what it holds, but merges the
+// peers' copies as soon as they answer. (It used to mark the key merged
+// anyway, and so handed out the quota its peers had counted: the flaky
+// end of TestKill9OwnerOverAdmission on a loaded machine.)
+func TestSyncRetriesWhenNoPeerAnswered(t *testing.T) {
+	if testing.Short() {
+		t.Skip("partition test takes a few seconds")
+	}
+	faults := new(cluster.Faults)
+	nodes := startCluster(t, 3, func(c *Config) {
+		c.Cluster = func(cc *cluster.Config) {
+			fastGossip(cc)
+			cc.Faults = faults
+		}
+	})
+	owner, _ := nodes[0].Node().Owner("resync")
+	var x *Main
+	var others []*Main
+	for _, m := range nodes {
+		if m.Node().Name() == owner.Name {
+			x = m
+		} else {
+			others = append(others, m)
+		}
+	}
+	// X away: the other two take 30 hits on its key.
+	faults.Partition([]string{x.Node().Name()}, []string{others[0].Node().Name(), others[1].Node().Name()})
+	waitFor(t, 10*time.Second, "the others drop X", func() bool {
+		return others[0].Node().Ring().Len() == 2 && others[1].Node().Ring().Len() == 2
+	})
+	oc := clients(t, others)
+	if res, err := oc[0].Allow(context.Background(), &limiterv1.AllowRequest{Key: "resync", Policy: "hundred", Hits: 30}); err != nil || !res.GetAllowed() {
+		t.Fatalf("Allow(30 hits) on the others = %v, %v", res, err)
+	}
+	// X comes back into the ring, but no call reaches it or leaves it: the
+	// hand-off push and its fetch both fail.
+	faults.CutCalls(x.Node().Name())
+	faults.Heal()
+	waitFor(t, 10*time.Second, "all nodes see 3 members again", func() bool {
+		for _, m := range nodes {
+			if m.Node().Ring().Len() != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	xc := clients(t, []*Main{x})[0]
+	res, err := xc.Allow(context.Background(), &limiterv1.AllowRequest{Key: "resync", Policy: "hundred"})
+	if err != nil || !res.GetAllowed() {
+		t.Fatalf("Allow on X with its peers unreachable = %v, %v; want allowed on local state", res, err)
+	}
+	t.Logf("with peers unreachable X answered remaining %d", res.GetRemaining())
+
+	faults.HealCalls()
+	waitFor(t, 5*time.Second, "X to merge the 30 hits the others counted", func() bool {
+		res, err := xc.Allow(context.Background(), &limiterv1.AllowRequest{Key: "resync", Policy: "hundred", DryRun: true})
+		return err == nil && res.GetRemaining() <= 100-31
+	})
+}

@@ -99,6 +99,9 @@ type Cluster struct {
 	// knows anyone to take its keys' state from.
 	joined atomic.Bool
 
+	syncMu    sync.Mutex
+	syncRetry map[string]time.Time // keys whose last sync nobody answered: no retry before
+
 	retryMu sync.Mutex
 	retry   map[string][]*limiterv1.KeyState // undelivered replica states, by member
 }
@@ -282,7 +285,7 @@ func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p
 	if !c.joined.Load() {
 		return limiter.Result{}, errStarting // likewise
 	}
-	if ep, ok := c.needsSync(p, req.GetKey()); ok {
+	if ep, ok := c.needsSync(p, req.GetKey()); ok && c.syncDue(p.Name, req.GetKey()) {
 		c.sync(ctx, p.Name, req.GetKey(), ep)
 	}
 	return c.svc.decideLocal(ctx, req)
@@ -315,10 +318,12 @@ func (c *Cluster) sync(ctx context.Context, policyName, key string, ep uint64) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var got []*limiterv1.KeyState
+	asked, answered := 0, 0
 	for _, m := range c.node.Replicas(key, c.node.ReplicaCount()+1) {
 		if m.Name == c.node.Name() {
 			continue
 		}
+		asked++
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -328,6 +333,7 @@ func (c *Cluster) sync(ctx context.Context, policyName, key string, ep uint64) {
 				return
 			}
 			mu.Lock()
+			answered++
 			got = append(got, states...)
 			mu.Unlock()
 		}()
@@ -338,7 +344,49 @@ func (c *Cluster) sync(ctx context.Context, policyName, key string, ep uint64) {
 			c.cfg.Logger.Warn("merge fetched state", "key", key, "err", err)
 		}
 	}
+	if asked > 0 && answered == 0 {
+		// Nobody answered (a peer still dialing after this node restarted,
+		// a slow machine, a cut link): the key is decided on what this node
+		// holds, but stays unsynced, so a later call merges the peers'
+		// copies. Marking it synced here forgot them for good: a restarted
+		// owner handed out the quota its replicas had counted meanwhile.
+		c.cfg.Logger.Warn("no peer answered for a key's state; deciding on local state and retrying later", "key", key, "asked", asked)
+		c.syncFailed(policyName, key)
+		return
+	}
+	c.syncDone(policyName, key)
 	_ = c.lim.Merge(limiter.KeyState{Policy: policyName, Key: key}, false, ep)
+}
+
+// maxSyncBackoff bounds the keys remembered as waiting to retry a sync;
+// past it the oldest are forgotten (and retried at once).
+const maxSyncBackoff = 100_000
+
+// syncDue reports whether a sync of key may be tried now: not within
+// 4 × SyncTimeout of one that no peer answered, so a node cut off from its
+// peers does not wait SyncTimeout on every call.
+func (c *Cluster) syncDue(policyName, key string) bool {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
+	at, ok := c.syncRetry[policyName+"\x00"+key]
+	return !ok || time.Now().After(at)
+}
+
+func (c *Cluster) syncFailed(policyName, key string) {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
+	if c.syncRetry == nil || len(c.syncRetry) >= maxSyncBackoff {
+		c.syncRetry = map[string]time.Time{}
+	}
+	c.syncRetry[policyName+"\x00"+key] = time.Now().Add(4 * c.cfg.SyncTimeout)
+}
+
+func (c *Cluster) syncDone(policyName, key string) {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
+	if len(c.syncRetry) > 0 {
+		delete(c.syncRetry, policyName+"\x00"+key)
+	}
 }
 
 // release routes a Release to the owner of the key its lease names.
