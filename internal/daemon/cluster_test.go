@@ -52,7 +52,14 @@ func startCluster(t *testing.T, n int, mods ...func(*Config)) []*Main {
 		})
 		nodes = append(nodes, m)
 	}
-	waitFor(t, 10*time.Second, "all nodes see every member", func() bool {
+	waitRing(t, nodes, n)
+	return nodes
+}
+
+// waitRing waits up to 10s until every node's ring has n members.
+func waitRing(t *testing.T, nodes []*Main, n int) {
+	t.Helper()
+	waitFor(t, 10*time.Second, fmt.Sprintf("every node sees %d members", n), func() bool {
 		for _, m := range nodes {
 			if m.Node().Ring().Len() != n {
 				return false
@@ -60,7 +67,6 @@ func startCluster(t *testing.T, n int, mods ...func(*Config)) []*Main {
 		}
 		return true
 	})
-	return nodes
 }
 
 // waitFor polls cond until it holds or d passes.

@@ -258,14 +258,7 @@ func TestClusterPartition(t *testing.T) {
 	// longer than its dead messages' retransmits; the nodes' reconnect
 	// loops (cluster/reconnect.go) join the members they lost.
 	faults.Heal()
-	waitFor(t, 10*time.Second, "all nodes see 3 members again", func() bool {
-		for _, m := range nodes {
-			if m.Node().Ring().Len() != 3 {
-				return false
-			}
-		}
-		return true
-	})
+	waitRing(t, nodes, 3)
 	if o, _ := majority.nodes[0].Node().Owner("busy"); o.Name != x.Node().Name() {
 		t.Fatalf("after healing busy is owned by %s, want X (%s) again", o.Name, x.Node().Name())
 	}
@@ -325,14 +318,7 @@ func TestSyncRetriesWhenNoPeerAnswered(t *testing.T) {
 	// hand-off push and its fetch both fail.
 	faults.CutCalls(x.Node().Name())
 	faults.Heal()
-	waitFor(t, 10*time.Second, "all nodes see 3 members again", func() bool {
-		for _, m := range nodes {
-			if m.Node().Ring().Len() != 3 {
-				return false
-			}
-		}
-		return true
-	})
+	waitRing(t, nodes, 3)
 	xc := clients(t, []*Main{x})[0]
 	res, err := xc.Allow(context.Background(), &limiterv1.AllowRequest{Key: "resync", Policy: "hundred"})
 	if err != nil || !res.GetAllowed() {
