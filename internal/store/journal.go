@@ -49,11 +49,30 @@ const (
 // byte, the key's length and the key and, for a put, the value's length and
 // the value. Lengths are uvarints.
 func encodeEntry(kind Kind, ops []Op) []byte {
+	b, _ := encodeEntryOps(kind, ops, false)
+	return b
+}
+
+// encodeEntryOps is encodeEntry; with own set it also returns ops whose
+// keys and values alias the entry, for the overlay, so Write need not
+// decode what it just encoded.
+func encodeEntryOps(kind Kind, ops []Op, own bool) ([]byte, []Op) {
 	n := 1 + binary.MaxVarintLen64*2 + len(kind)
 	for i := range ops {
 		n += 1 + 2*binary.MaxVarintLen64 + len(ops[i].Key) + len(ops[i].Value)
 	}
+	// b never grows past n, so slices of it taken below stay valid.
 	b := make([]byte, 0, n)
+	var out []Op
+	if own {
+		out = make([]Op, len(ops))
+	}
+	field := func(v []byte) []byte {
+		b = binary.AppendUvarint(b, uint64(len(v)))
+		start := len(b)
+		b = append(b, v...)
+		return b[start:len(b):len(b)]
+	}
 	b = append(b, journalEntryVersion)
 	b = binary.AppendUvarint(b, uint64(len(kind)))
 	b = append(b, kind...)
@@ -62,17 +81,20 @@ func encodeEntry(kind Kind, ops []Op) []byte {
 		op := &ops[i]
 		if op.Delete {
 			b = append(b, entryDelete)
-			b = binary.AppendUvarint(b, uint64(len(op.Key)))
-			b = append(b, op.Key...)
+			k := field(op.Key)
+			if own {
+				out[i] = Op{Key: k, Delete: true}
+			}
 			continue
 		}
 		b = append(b, entryPut)
-		b = binary.AppendUvarint(b, uint64(len(op.Key)))
-		b = append(b, op.Key...)
-		b = binary.AppendUvarint(b, uint64(len(op.Value)))
-		b = append(b, op.Value...)
+		k := field(op.Key)
+		v := field(op.Value)
+		if own {
+			out[i] = Op{Key: k, Value: v}
+		}
 	}
-	return b
+	return b, out
 }
 
 // errEntry is wrapped by decodeEntry's errors.

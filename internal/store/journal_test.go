@@ -303,6 +303,12 @@ func TestEntryRoundTrip(t *testing.T) {
 			t.Errorf("op %d = %+v, want %+v", i, got[i], ops[i])
 		}
 	}
+	// The ops Write keeps for the overlay are the entry's own, decoded.
+	enc, own := encodeEntryOps(KindPolicies, ops, true)
+	_, dec, _ := decodeEntry(enc)
+	if !reflect.DeepEqual(own, dec) {
+		t.Errorf("encodeEntryOps ops = %+v, want the decoded %+v", own, dec)
+	}
 }
 
 // FuzzDecodeEntry feeds decodeEntry arbitrary bytes: it must not panic or

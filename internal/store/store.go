@@ -168,7 +168,7 @@ func (db *DB) Write(ctx context.Context, kind Kind, ops []Op) error {
 		}
 		return nil
 	}
-	enc := encodeEntry(kind, ops)
+	enc, own := encodeEntryOps(kind, ops, true)
 	db.wmu.Lock()
 	defer db.wmu.Unlock()
 	direct := db.ov.size()+len(enc) > db.journalMax
@@ -192,10 +192,6 @@ func (db *DB) Write(ctx context.Context, kind Kind, ops []Op) error {
 		return nil
 	}
 	// The overlay keeps slices of enc, which nothing else holds or changes.
-	_, own, err := decodeEntry(enc)
-	if err != nil {
-		panic(fmt.Sprintf("store: journal entry does not decode: %v", err))
-	}
 	db.ov.add(kind, own, len(enc))
 	return nil
 }
