@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/limiterd/limiterd/internal/rawio"
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
 
@@ -200,6 +201,7 @@ func listenWire(addr string, cfg Config, log *slog.Logger) (*wireServer, error) 
 	if err != nil {
 		return nil, fmt.Errorf("cluster: peer wire listener %s: %w", addr, err)
 	}
+	ln = rawio.Listener{Listener: ln}
 	return &wireServer{ln: ln, tls: cfg.WireTLS, auth: cfg.WireAuth, log: log, conn: map[net.Conn]struct{}{}}, nil
 }
 
@@ -570,6 +572,7 @@ func (wc *wireClient) connect() (*wireConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	raw = rawio.Wrap(raw)
 	c := raw
 	_ = c.SetDeadline(time.Now().Add(wireHandshake))
 	if wc.tls != nil {

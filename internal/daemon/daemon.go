@@ -29,6 +29,7 @@ import (
 	"github.com/limiterd/limiterd/internal/limiter"
 	"github.com/limiterd/limiterd/internal/metrics"
 	"github.com/limiterd/limiterd/internal/policy"
+	"github.com/limiterd/limiterd/internal/rawio"
 	"github.com/limiterd/limiterd/internal/server"
 	"github.com/limiterd/limiterd/internal/store"
 )
@@ -214,7 +215,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 	envoy.New(cfg.Envoy, m.svc.Decider(), cfg.Now, cfg.Logger).Register(m.grpc)
-	if m.grpcLn, err = listen(cfg.GRPCAddr); err != nil {
+	if m.grpcLn, err = listenRaw(cfg.GRPCAddr); err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
 	}
 	if cfg.GossipAddr != "" {
@@ -474,6 +475,18 @@ func (m *Main) httpHandler() http.Handler {
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// listenRaw is listen with raw socket I/O on every accepted connection
+// (see package rawio). The user timeout is what grpc-go's server sets on
+// the TCP connections it is given unwrapped (its keepalive timeout
+// default).
+func listenRaw(addr string) (net.Listener, error) {
+	ln, err := listen(addr)
+	if err != nil {
+		return nil, err
+	}
+	return rawio.Listener{Listener: ln, TCPUserTimeout: 20 * time.Second}, nil
 }
 
 // listen binds addr: host:port over TCP, or unix:///path for a socket
