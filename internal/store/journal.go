@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 
 	bolt "go.etcd.io/bbolt"
@@ -290,6 +292,10 @@ func fold(tx *bolt.Tx) (bool, error) {
 	if k == nil {
 		return false, nil
 	}
+	// Only the last op on each key is applied, in key order: a journal
+	// holds many flushes of the same hot keys, and sorted puts walk the
+	// b-tree once instead of seeking all over it.
+	last := map[Kind]map[string]Op{}
 	for ; k != nil; k, _ = c.Next() {
 		// The entry is copied off the mapped file: the puts below must not
 		// alias pages that this transaction frees.
@@ -298,8 +304,24 @@ func fold(tx *bolt.Tx) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("%w: journal entry %x: %w", ErrCorrupt, k, err)
 		}
+		m := last[kind]
+		if m == nil {
+			m = make(map[string]Op, len(ops))
+			last[kind] = m
+		}
+		for _, op := range ops {
+			m[string(op.Key)] = op
+		}
+	}
+	kinds := slices.Sorted(maps.Keys(last))
+	for _, kind := range kinds {
+		m := last[kind]
+		ops := make([]Op, 0, len(m))
+		for _, key := range slices.Sorted(maps.Keys(m)) {
+			ops = append(ops, m[key])
+		}
 		if err := apply(tx, kind, ops); err != nil {
-			return false, fmt.Errorf("journal entry %x: %w", k, err)
+			return false, fmt.Errorf("fold journal into %s: %w", kind, err)
 		}
 	}
 	if err := tx.DeleteBucket(journalBucket); err != nil {

@@ -10,7 +10,9 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -361,7 +363,7 @@ func BenchmarkFlush(b *testing.B) {
 			}
 			r := rand.New(rand.NewPCG(1, 1))
 			ops := make([]Op, perFlush)
-			w0 := writtenBytes(b)
+			w0, cpu0 := writtenBytes(b), cpuTime(b)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
@@ -373,8 +375,19 @@ func BenchmarkFlush(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(writtenBytes(b)-w0)/float64(b.N)/1024, "KiB/flush")
+			b.ReportMetric(float64((cpuTime(b)-cpu0).Microseconds())/float64(b.N), "cpu-us/flush")
 		})
 	}
+}
+
+// cpuTime is the CPU time (user and system) this process has used so far:
+// a flush waits for fsync, so its wall time says little about its cost.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Skipf("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // writtenBytes is what this process has passed to write system calls so
