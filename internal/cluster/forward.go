@@ -37,7 +37,20 @@ func (n *Node) Forward(ctx context.Context, member Member, req *limiterv1.AllowR
 	if err != nil {
 		return nil, fmt.Errorf("forward %q to %s: %w", req.GetKey(), member.Name, err)
 	}
-	return submit(ctx, p.allow, req, n.cfg.ForwardTimeout, member.Name)
+	return submit(ctx, p.allow, req, n.cfg.ForwardTimeout, member.Name, 0)
+}
+
+// ForwardWithin is Forward that gives up after wait (when positive and
+// sooner than ctx's deadline) with an error matching ErrOwnerUnavailable,
+// so that the caller can fail over to another replica. It costs less than
+// Forward under a context.WithTimeout: a timer context per call, registered
+// with its parent, was 2.6% of a forwarding node's CPU.
+func (n *Node) ForwardWithin(ctx context.Context, member Member, req *limiterv1.AllowRequest, wait time.Duration) (*limiterv1.PeerDecision, error) {
+	p, err := n.fw.peer(member)
+	if err != nil {
+		return nil, fmt.Errorf("forward %q to %s: %w", req.GetKey(), member.Name, err)
+	}
+	return submit(ctx, p.allow, req, n.cfg.ForwardTimeout, member.Name, wait)
 }
 
 // ForwardRelease is Forward for Release: member must own the key the lease
@@ -47,7 +60,7 @@ func (n *Node) ForwardRelease(ctx context.Context, member Member, req *limiterv1
 	if err != nil {
 		return nil, fmt.Errorf("forward release to %s: %w", member.Name, err)
 	}
-	return submit(ctx, p.release, req, n.cfg.ForwardTimeout, member.Name)
+	return submit(ctx, p.release, req, n.cfg.ForwardTimeout, member.Name, 0)
 }
 
 // Replicate sends state updates to member, a replica of the keys, and waits
@@ -395,26 +408,53 @@ func inBackground[Q, R any](send func([]*call[Q, R])) func([]*call[Q, R], func()
 	}
 }
 
-// submit queues req on b and waits for its answer or for ctx.
-func submit[Q, R any](ctx context.Context, b *batcher[Q, R], req Q, dflt time.Duration, peer string) (R, error) {
+// submit queues req on b and waits for its answer or for ctx, or, when
+// wait is positive, at most wait: the call then fails with
+// ErrOwnerUnavailable and carries wait's deadline to the owner.
+func submit[Q, R any](ctx context.Context, b *batcher[Q, R], req Q, dflt time.Duration, peer string, wait time.Duration) (R, error) {
 	var zero R
 	what := "forward to " + peer
 	if err := ctx.Err(); err != nil {
 		return zero, ctxError(what, err)
 	}
+	now := time.Now()
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		deadline = time.Now().Add(dflt)
+		deadline = now.Add(dflt)
+	}
+	var giveUp <-chan time.Time
+	if wait > 0 && now.Add(wait).Before(deadline) {
+		deadline = now.Add(wait)
+		t := timerPool.Get().(*time.Timer)
+		t.Reset(wait)
+		defer func() {
+			t.Stop() // since Go 1.23 a stopped timer's channel holds nothing
+			timerPool.Put(t)
+		}()
+		giveUp = t.C
 	}
 	c := &call[Q, R]{req: req, deadline: deadline, done: make(chan outcome[R], 1)}
 	b.add(c)
 	select {
 	case o := <-c.done:
+		if o.err != nil && giveUp != nil && errors.Is(o.err, ErrDeadline) && ctx.Err() == nil {
+			// The owner or the batch timer ran out the shorter budget.
+			return zero, fmt.Errorf("%w: %s did not answer within %v", ErrOwnerUnavailable, peer, wait)
+		}
 		return o.resp, o.err
+	case <-giveUp:
+		return zero, fmt.Errorf("%w: %s did not answer within %v", ErrOwnerUnavailable, peer, wait)
 	case <-ctx.Done():
 		return zero, ctxError(what, ctx.Err())
 	}
 }
+
+// timerPool holds stopped timers for submit.
+var timerPool = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
 
 // sendBatch is the shared body of sendAllow and sendRelease: it drops
 // expired calls, sends the rest with their remaining budgets in one RPC

@@ -448,8 +448,8 @@ func TestChunks(t *testing.T) {
 
 // TestAllowBatchImmediate checks how the owner runs a batch: immediate
 // items in order on the batch's goroutine, without waiting for the others,
-// which run concurrently; every item under its own deadline; results in
-// item order.
+// which run concurrently; a waiting item under its own deadline, an
+// immediate one without a context of its own; results in item order.
 func TestAllowBatchImmediate(t *testing.T) {
 	var mu sync.Mutex
 	var order []string
@@ -459,8 +459,8 @@ func TestAllowBatchImmediate(t *testing.T) {
 		name:      "owner",
 		immediate: func(req *limiterv1.AllowRequest) bool { return req.GetKey() != "slow" },
 		allow: func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
-			if _, ok := ctx.Deadline(); !ok {
-				t.Errorf("AllowLocal(%s): no deadline, want the item's own", req.GetKey())
+			if _, ok := ctx.Deadline(); ok != (req.GetKey() == "slow") {
+				t.Errorf("AllowLocal(%s): has a deadline: %v, want %v", req.GetKey(), ok, req.GetKey() == "slow")
 			}
 			if req.GetKey() == "slow" {
 				// Decided only after every immediate item: they must not wait for it.
@@ -500,5 +500,52 @@ func TestAllowBatchImmediate(t *testing.T) {
 	}
 	if n := len(resp.GetResults()); n != len(keys) {
 		t.Errorf("AllowBatch() gave %d results, want %d", n, len(keys))
+	}
+}
+
+func TestForwardWithin(t *testing.T) { transports(t, testForwardWithin) }
+
+// testForwardWithin checks the failover bound: a slow owner is reported
+// unavailable once wait has passed, with wait as the deadline it sees; a
+// quick one answers; a caller's own shorter deadline stays a deadline.
+func testForwardWithin(t *testing.T, transport func(*Config)) {
+	from := startNode(t, "from", transport)
+	to := startNode(t, "to", transport)
+	budget := make(chan time.Duration, 1)
+	to.h.allow = func(ctx context.Context, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
+		if req.GetKey() != "slow" {
+			return &limiterv1.PeerDecision{Allowed: true, Policy: "to"}, nil
+		}
+		d, _ := ctx.Deadline()
+		select {
+		case budget <- time.Until(d):
+		default:
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 50 { // the pooled timer is reused
+		if resp, err := from.ForwardWithin(ctx, to.Self(), &limiterv1.AllowRequest{Key: "quick"}, time.Second); err != nil || !resp.GetAllowed() {
+			t.Fatalf("ForwardWithin(quick) = %v, %v", resp, err)
+		}
+	}
+	const wait = 100 * time.Millisecond
+	start := time.Now()
+	_, err := from.ForwardWithin(ctx, to.Self(), &limiterv1.AllowRequest{Key: "slow"}, wait)
+	if !errors.Is(err, ErrOwnerUnavailable) {
+		t.Errorf("ForwardWithin(slow) = %v, want ErrOwnerUnavailable", err)
+	}
+	if took := time.Since(start); took < wait || took > 5*time.Second {
+		t.Errorf("ForwardWithin(slow) took %v, want about %v", took, wait)
+	}
+	if got := <-budget; got <= 0 || got > wait {
+		t.Errorf("owner saw a deadline %v away, want within (0, %v]", got, wait)
+	}
+	short, cancelShort := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancelShort()
+	if _, err := from.ForwardWithin(short, to.Self(), &limiterv1.AllowRequest{Key: "slow"}, time.Second); !errorsIs(err, ErrDeadline, context.DeadlineExceeded) || errors.Is(err, ErrOwnerUnavailable) {
+		t.Errorf("ForwardWithin under a shorter deadline = %v, want ErrDeadline", err)
 	}
 }

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -84,11 +85,13 @@ func (s *peerServer) immediate(items []*limiterv1.PeerAllowItem) (inline []bool,
 	return inline, all
 }
 
-// allowBatch runs items, those marked inline on this goroutine.
+// allowBatch runs items, those marked inline (immediate) on this
+// goroutine.
 func (s *peerServer) allowBatch(ctx context.Context, items []*limiterv1.PeerAllowItem, inline []bool) *limiterv1.PeerAllowBatchResponse {
 	results := make([]*limiterv1.PeerAllowResult, len(items))
+	immediate := slices.Clone(inline)
 	run := func(i int) {
-		resp, st := runItem(ctx, items[i].GetTimeout(), items[i].GetRequest(), s.h.AllowLocal)
+		resp, st := runItem(ctx, items[i].GetTimeout(), items[i].GetRequest(), s.h.AllowLocal, immediate[i])
 		if st != nil {
 			results[i] = &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Status{Status: st}}
 		} else {
@@ -123,7 +126,7 @@ func (s *peerServer) ReleaseBatch(ctx context.Context, req *limiterv1.PeerReleas
 	items := req.GetItems()
 	results := make([]*limiterv1.PeerReleaseResult, len(items))
 	runAll(len(items), func(i int) {
-		resp, st := runItem(ctx, items[i].GetTimeout(), items[i].GetRequest(), s.h.ReleaseLocal)
+		resp, st := runItem(ctx, items[i].GetTimeout(), items[i].GetRequest(), s.h.ReleaseLocal, false)
 		if st != nil {
 			results[i] = &limiterv1.PeerReleaseResult{Result: &limiterv1.PeerReleaseResult_Status{Status: st}}
 		} else {
@@ -180,8 +183,11 @@ func runAll(n int, f func(int)) {
 }
 
 // runItem runs one forwarded call under the caller's remaining budget.
-// Exactly one of the results is non-nil.
-func runItem[Q comparable, R any](ctx context.Context, timeout *durationpb.Duration, req Q, fn func(context.Context, Q) (*R, error)) (*R, *limiterv1.ItemStatus) {
+// Exactly one of the results is non-nil. An immediate call (one the
+// handler answers without waiting, Handler.Immediate) gets no context of
+// its own: a budget left is all it needs, and a timer context per item was
+// 3.5% of an owner's CPU under load.
+func runItem[Q comparable, R any](ctx context.Context, timeout *durationpb.Duration, req Q, fn func(context.Context, Q) (*R, error), immediate bool) (*R, *limiterv1.ItemStatus) {
 	var zero Q
 	if req == zero {
 		return nil, &limiterv1.ItemStatus{Code: int32(codes.InvalidArgument), Message: "cluster: item without a request"}
@@ -191,9 +197,11 @@ func runItem[Q comparable, R any](ctx context.Context, timeout *durationpb.Durat
 		if d <= 0 {
 			return nil, &limiterv1.ItemStatus{Code: int32(codes.DeadlineExceeded), Message: "cluster: deadline ran out before the owner got the call"}
 		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
+		if !immediate {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
 	}
 	resp, err := fn(ctx, req)
 	if err != nil {

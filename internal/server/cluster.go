@@ -29,6 +29,7 @@ type peerNode interface {
 	Ring() *cluster.Ring
 	Members() []cluster.Member
 	Forward(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error)
+	ForwardWithin(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest, wait time.Duration) (*limiterv1.PeerDecision, error)
 	ForwardRelease(ctx context.Context, m cluster.Member, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error)
 	Replicate(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
 	PushState(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
@@ -265,13 +266,10 @@ func (c *Cluster) forward(ctx context.Context, m cluster.Member, req *limiterv1.
 	if d, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(d)/2)
 	}
-	actx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	resp, err := c.node.Forward(actx, m, req)
-	if err != nil && ctx.Err() == nil && actx.Err() != nil {
-		return nil, fmt.Errorf("%w: %s did not answer within %v", cluster.ErrOwnerUnavailable, m.Name, wait)
+	if wait <= 0 {
+		return nil, fmt.Errorf("%w: no time left to wait for %s", cluster.ErrOwnerUnavailable, m.Name)
 	}
-	return resp, err
+	return c.node.ForwardWithin(ctx, m, req, wait)
 }
 
 // allowOwned decides req here, first taking in the key's state from its
