@@ -19,7 +19,8 @@
 #      $(go env GOPATH)/bin;
 #   2. builds limiterd, bench/baseline, cmd/limiterbench, bench/ghzstat and
 #      bench/plot into a temporary directory;
-#   3. starts every server on 127.0.0.1 port 0: the baseline, one limiterd
+#   3. starts every server on 127.0.0.1 port 0: the baseline, the baseline
+#      with limiterd's raw socket I/O (baseline-raw, --raw-io), one limiterd
 #      (fresh data dir, a "default" policy of 4294967295 hits per 5m, so every
 #      call is allowed and counted: the cost measured is that of an admitted
 #      call, the common case; denials count nothing) and, when limiterd has
@@ -271,6 +272,16 @@ start_baseline() {
 	SERVERS+=(baseline)
 }
 
+# baseline-raw: the same empty server with limiterd's raw socket I/O
+# (package rawio), to show how much of limiterd's figures that explains.
+# Ratios stay against the stock baseline.
+start_baseline_raw() {
+	start baseline-raw "$TMP/baseline" --grpc-addr 127.0.0.1:0 --raw-io
+	ADDR[baseline-raw]=$STARTED_ADDR
+	PIDSOF[baseline-raw]=$STARTED_PID
+	SERVERS+=(baseline-raw)
+}
+
 start_single() {
 	local solo=()
 	# With the cluster flags, an empty --gossip-addr is a single node
@@ -398,7 +409,8 @@ report() {
 		echo "ghz: $ROUNDS round(s) of $N calls per server and concurrency, each after a $WARMUP-call warm-up, servers taking turns;" \
 			"$GHZ_CONNS connection(s); keys \`key-{{randomInt 0 $KEYS}}\`. req/s, p50 and p99 are medians over the rounds (p50/p99 over calls with status OK)." \
 			"limiterd: fresh data dir, policy \`default\` = 4294967295 per 5m (every call allowed and counted), write-behind every 100ms." \
-			"Server CPU per call = utime+stime from /proc/PID/stat (CLK_TCK $CLK_TCK) around the measured runs over their calls; for cluster-3 all three nodes count and all load goes to node 1."
+			"Server CPU per call = utime+stime from /proc/PID/stat (CLK_TCK $CLK_TCK) around the measured runs over their calls; for cluster-3 all three nodes count and all load goes to node 1." \
+			"Ratios are to the stock baseline (a plain grpc-go server with empty handlers); baseline-raw is that server with limiterd's socket I/O (package rawio: raw read and write system calls, which do not wake the Go runtime's sysmon thread), so its row shows how much of limiterd's lead over the baseline that alone explains."
 		echo
 		echo "$table"
 		echo
@@ -439,6 +451,7 @@ ensure_ghz
 build
 LIMITERD_HELP=$("$TMP/limiterd" --help 2>&1 || true)
 start_baseline
+start_baseline_raw
 start_single
 if ((CLUSTER)); then start_cluster; else CLUSTER_NOTE="skipped: --no-cluster"; fi
 log "servers: $(for s in "${SERVERS[@]}"; do printf '%s=%s ' "$s" "${ADDR[$s]}"; done)"
@@ -449,7 +462,7 @@ for c in "${CONCURRENCY[@]}"; do
 done
 for round in $(seq "$ROUNDS"); do
 	for s in "${SERVERS[@]}"; do
-		if [[ $s == baseline ]]; then bench "$s" "$s" "$round" --check=false; else bench "$s" "$s" "$round"; fi
+		if [[ $s == baseline* ]]; then bench "$s" "$s" "$round" --check=false; else bench "$s" "$s" "$round"; fi
 		[[ $s != cluster-3 ]] || bench cluster-3-routed cluster-3 "$round" --route
 	done
 done

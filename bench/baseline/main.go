@@ -7,7 +7,10 @@
 // It uses the grpc.Server options of limiterd that change the cost of a call
 // (message size bound, stream limit, keepalive) but no interceptors, and it
 // serves health and reflection like limiterd so ghz and grpcurl work without
-// a proto file. Once listening it logs, on stderr, the JSON line
+// a proto file. With --raw-io its listener does its socket reads and
+// writes as limiterd's does (package rawio: raw system calls that do not
+// wake the runtime's sysmon thread), so that the load test can show how
+// much of limiterd's figures that alone explains. Once listening it logs, on stderr, the JSON line
 // {"msg":"limiterd serving","grpc":ADDR} that limiterd logs with
 // --log-format json, so one parser finds the address of either. SIGINT or
 // SIGTERM stops it.
@@ -30,23 +33,28 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/limiterd/limiterd/internal/rawio"
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
 
 func main() {
 	addr := flag.String("grpc-addr", "127.0.0.1:0", "gRPC listener `address` (host:port; port 0 picks a free one)")
+	raw := flag.Bool("raw-io", false, "read and write sockets as limiterd does (package rawio)")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := run(*addr, log); err != nil {
+	if err := run(*addr, *raw, log); err != nil {
 		fmt.Fprintln(os.Stderr, "baseline:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr string, log *slog.Logger) error {
+func run(addr string, raw bool, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	if raw {
+		ln = rawio.Listener{Listener: ln, TCPUserTimeout: 10 * time.Second}
 	}
 	g := newServer()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

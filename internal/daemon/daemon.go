@@ -479,14 +479,13 @@ func (m *Main) httpHandler() http.Handler {
 
 // listenRaw is listen with raw socket I/O on every accepted connection
 // (see package rawio). The user timeout is what grpc-go's server sets on
-// the TCP connections it is given unwrapped (its keepalive timeout
-// default).
+// the TCP connections it is given unwrapped: its keepalive timeout.
 func listenRaw(addr string) (net.Listener, error) {
 	ln, err := listen(addr)
 	if err != nil {
 		return nil, err
 	}
-	return rawio.Listener{Listener: ln, TCPUserTimeout: 20 * time.Second}, nil
+	return rawio.Listener{Listener: ln, TCPUserTimeout: server.KeepaliveTimeout}, nil
 }
 
 // listen binds addr: host:port over TCP, or unix:///path for a socket

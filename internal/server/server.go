@@ -96,6 +96,12 @@ func New(cfg Config) (*Service, error) {
 	return s, nil
 }
 
+// KeepaliveTimeout is how long the gRPC server waits for a keepalive
+// ping's answer. grpc-go also sets it as TCP_USER_TIMEOUT on the
+// connections it sees as *net.TCPConn; a listener that wraps them (package
+// rawio) sets it itself.
+const KeepaliveTimeout = 10 * time.Second
+
 // NewGRPCServer returns a grpc.Server with the Limiter service, health,
 // reflection, keepalive settings for long-lived gateway connections, a
 // bounded message size and the recovery interceptor.
@@ -108,7 +114,7 @@ func (s *Service) NewGRPCServer() *grpc.Server {
 		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time:    30 * time.Second, // ping an idle gateway connection
-			Timeout: 10 * time.Second,
+			Timeout: KeepaliveTimeout,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             10 * time.Second, // gateways may ping this often
