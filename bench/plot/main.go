@@ -155,12 +155,16 @@ func draw(rows []row, subtitle string) *image.RGBA {
 	if subtitle != "" {
 		text(img, 20, 38, subtitle, black, 1)
 	}
-	// Legend.
-	x := 560
+	// Legend, wrapped onto a second line when the servers do not fit.
+	x, y := 560, 14
 	for i, s := range servers {
-		fill(img, image.Rect(x, 14, x+14, 28), palette[i%len(palette)])
-		text(img, x+20, 14, s, black, scale)
-		x += 40 + textWidth(s, scale)
+		w := 40 + textWidth(s, scale)
+		if x > 560 && x+w-20 > width-10 {
+			x, y = 560, y+24
+		}
+		fill(img, image.Rect(x, y, x+14, y+14), palette[i%len(palette)])
+		text(img, x+20, y, s, black, scale)
+		x += w
 	}
 	panel(img, image.Rect(20, 70, width/2-10, height-20), "REQ/S (GHZ)", rows, servers, cs,
 		func(r row) float64 { return r.rps }, func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) })
