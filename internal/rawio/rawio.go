@@ -19,8 +19,9 @@
 //
 // Only Linux TCP and Unix-domain connections are wrapped; Wrap returns
 // every other connection unchanged. LIMITERD_RAW_IO=off in the
-// environment turns wrapping off (to compare). Under the race detector
-// the calls go through package syscall after all (see sys_race.go).
+// environment turns wrapping off (to compare). Under the race detector an
+// atomic counter stands in for package syscall's annotations of socket
+// I/O (sys_race.go).
 package rawio
 
 import (

@@ -1,0 +1,7 @@
+//go:build linux && !race
+
+package rawio
+
+func raceRelease() {}
+
+func raceAcquire() {}
