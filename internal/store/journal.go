@@ -200,12 +200,16 @@ func (r *entryReader) bytes(what string) []byte {
 
 // overlay mirrors the journal bucket: per kind, the newest journaled value
 // of each key, or a delete. Writers change it under DB.wmu after their
-// commit; readers take mu.
+// commit; readers take mu. The index of keys is only kept once a Get has
+// needed it: until then only the journal's size is, since a limiter with
+// every key in memory never reads the store after Open, and building the
+// index was a sixth of every Write's CPU.
 type overlay struct {
-	mu    sync.RWMutex
-	kinds map[Kind]map[string]overlayValue
-	bytes int // encoded size of the entries in the journal bucket
-	folds uint64
+	mu      sync.RWMutex
+	indexed bool // kinds is kept
+	kinds   map[Kind]map[string]overlayValue
+	bytes   int // encoded size of the entries in the journal bucket
+	folds   uint64
 }
 
 type overlayValue struct {
@@ -217,6 +221,10 @@ type overlayValue struct {
 func (o *overlay) add(kind Kind, ops []Op, size int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.bytes += size
+	if !o.indexed {
+		return
+	}
 	if o.kinds == nil {
 		o.kinds = make(map[Kind]map[string]overlayValue)
 	}
@@ -228,7 +236,6 @@ func (o *overlay) add(kind Kind, ops []Op, size int) {
 	for _, op := range ops {
 		m[string(op.Key)] = overlayValue{value: op.Value, deleted: op.Delete}
 	}
-	o.bytes += size
 }
 
 // reset empties the overlay once the journal has been folded.
@@ -251,12 +258,16 @@ func (db *DB) JournalStats() (bytes int, folds uint64) {
 	return db.ov.bytes, db.ov.folds
 }
 
-// get returns the journaled value of key, and whether there is one.
-func (o *overlay) get(kind Kind, key []byte) (overlayValue, bool) {
+// get returns the journaled value of key, and whether there is one. Not
+// indexed (and the journal not empty), it reports neither but !indexed.
+func (o *overlay) get(kind Kind, key []byte) (v overlayValue, ok, indexed bool) {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
-	v, ok := o.kinds[kind][string(key)]
-	return v, ok
+	if !o.indexed && o.bytes > 0 {
+		return overlayValue{}, false, false
+	}
+	v, ok = o.kinds[kind][string(key)]
+	return v, ok, true
 }
 
 func (o *overlay) size() int {
@@ -368,9 +379,11 @@ func (db *DB) foldJournal() error {
 	return nil
 }
 
-// reloadOverlay rebuilds the overlay from the journal bucket. WriteSync
-// calls it after its batch may have folded the journal outside db.wmu.
-func (db *DB) reloadOverlay() error {
+// reloadOverlay rebuilds the overlay from the journal bucket, with its
+// index when index is set or it was kept already. WriteSync calls it after
+// its batch may have folded the journal outside db.wmu; Get, to start the
+// index.
+func (db *DB) reloadOverlay(index bool) error {
 	db.wmu.Lock()
 	defer db.wmu.Unlock()
 	var entries [][]byte
@@ -387,13 +400,39 @@ func (db *DB) reloadOverlay() error {
 	if err != nil {
 		return fmt.Errorf("store: read journal of %s: %w", db.path, db.mapErr(err))
 	}
-	db.ov.reset()
+	// Built aside and swapped in at once, so that a concurrent Get never
+	// sees half an index.
+	var kinds map[Kind]map[string]overlayValue
+	db.ov.mu.RLock()
+	index = index || db.ov.indexed
+	db.ov.mu.RUnlock()
+	size := 0
 	for _, e := range entries {
 		kind, ops, err := decodeEntry(e)
 		if err != nil {
 			return fmt.Errorf("store: read journal of %s: %w: %w", db.path, ErrCorrupt, err)
 		}
-		db.ov.add(kind, ops, len(e))
+		size += len(e)
+		if !index {
+			continue
+		}
+		if kinds == nil {
+			kinds = map[Kind]map[string]overlayValue{}
+		}
+		m := kinds[kind]
+		if m == nil {
+			m = make(map[string]overlayValue, len(ops))
+			kinds[kind] = m
+		}
+		for _, op := range ops {
+			m[string(op.Key)] = overlayValue{value: op.Value, deleted: op.Delete}
+		}
 	}
+	db.ov.mu.Lock()
+	if db.ov.bytes > 0 && size < db.ov.bytes {
+		db.ov.folds++ // WriteSync folded the journal
+	}
+	db.ov.kinds, db.ov.bytes, db.ov.indexed = kinds, size, index
+	db.ov.mu.Unlock()
 	return nil
 }

@@ -409,3 +409,57 @@ func writtenBytes(b *testing.B) int64 {
 	b.Fatal("/proc/self/io has no wchar line")
 	return 0
 }
+
+// TestGetIndexesJournalLazily checks the overlay's index, which is only
+// built once a Get needs it: the first Get still sees journaled values,
+// and every Write after it is indexed.
+func TestGetIndexesJournalLazily(t *testing.T) {
+	db := mustOpen(t)
+	ctx := context.Background()
+	get := func(key string) string {
+		t.Helper()
+		v, err := db.Get(KindState, []byte(key))
+		if errors.Is(err, ErrNotFound) {
+			return "<none>"
+		}
+		if err != nil {
+			t.Fatalf("Get(%s): %v", key, err)
+		}
+		return string(v)
+	}
+	put := func(key, value string) {
+		t.Helper()
+		if err := db.Write(ctx, KindState, []Op{{Key: []byte(key), Value: []byte(value)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("a", "1")
+	put("b", "1")
+	put("a", "2")
+	db.ov.mu.RLock()
+	indexed, keys := db.ov.indexed, len(db.ov.kinds)
+	db.ov.mu.RUnlock()
+	if indexed || keys != 0 {
+		t.Fatalf("overlay indexed %v with %d kinds before any Get", indexed, keys)
+	}
+	if bytes, _ := db.JournalStats(); bytes == 0 {
+		t.Fatal("nothing journaled")
+	}
+	if got := get("a"); got != "2" {
+		t.Fatalf("first Get(a) = %s, want 2 (the newest journaled)", got)
+	}
+	put("a", "3")
+	if err := db.Write(ctx, KindState, []Op{{Key: []byte("b"), Delete: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, gotB := get("a"), get("b"); got != "3" || gotB != "<none>" {
+		t.Fatalf("after more writes Get(a), Get(b) = %s, %s; want 3, <none>", got, gotB)
+	}
+	if err := db.WriteSync(ctx, KindState, []Op{{Key: []byte("c"), Value: []byte("1")}}); err != nil {
+		t.Fatal(err)
+	}
+	put("c", "2")
+	if got, gotA := get("c"), get("a"); got != "2" || gotA != "3" {
+		t.Fatalf("after WriteSync Get(c), Get(a) = %s, %s; want 2, 3", got, gotA)
+	}
+}

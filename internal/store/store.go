@@ -276,7 +276,7 @@ func (db *DB) WriteSync(ctx context.Context, kind Kind, ops []Op) error {
 		// since its fold: the overlay is rebuilt from the bucket, not just
 		// emptied. Until then Get may return the older value of a key these
 		// ops wrote.
-		return db.reloadOverlay()
+		return db.reloadOverlay(false)
 	}
 	return nil
 }
@@ -335,7 +335,16 @@ func (db *DB) Get(kind Kind, key []byte) ([]byte, error) {
 	if len(key) == 0 {
 		return nil, fmt.Errorf("store: get from %s: %w", kind, ErrEmptyKey)
 	}
-	if ov, ok := db.ov.get(kind, key); ok {
+	ov, ok, indexed := db.ov.get(kind, key)
+	if !indexed {
+		// The first read since Open that the journal could answer: index
+		// it from now on.
+		if err := db.reloadOverlay(true); err != nil {
+			return nil, fmt.Errorf("store: get %q from %s: %w", key, kind, err)
+		}
+		ov, ok, _ = db.ov.get(kind, key)
+	}
+	if ok {
 		if ov.deleted {
 			return nil, fmt.Errorf("store: get %q from %s: %w", key, kind, ErrNotFound)
 		}
