@@ -33,15 +33,11 @@ import (
 // ErrRemote) when the owner answered the item with an error status;
 // context.Canceled when ctx was cancelled. It is safe for concurrent use.
 func (n *Node) Forward(ctx context.Context, member Member, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
-	p, err := n.fw.peer(member)
-	if err != nil {
-		return nil, fmt.Errorf("forward %q to %s: %w", req.GetKey(), member.Name, err)
-	}
-	return submit(ctx, p.allow, req, n.cfg.ForwardTimeout, member.Name, 0)
+	return n.ForwardWithin(ctx, member, req, 0)
 }
 
 // ForwardWithin is Forward that gives up after wait (when positive and
-// sooner than ctx's deadline) with an error matching ErrOwnerUnavailable,
+// sooner than ctx's deadline; zero is Forward) with an error matching ErrOwnerUnavailable,
 // so that the caller can fail over to another replica. It costs less than
 // Forward under a context.WithTimeout: a timer context per call, registered
 // with its parent, was 2.6% of a forwarding node's CPU.
