@@ -40,7 +40,11 @@ func setUserTimeout(c net.Conn, d time.Duration) error {
 // tcpUserTimeout is TCP_USER_TIMEOUT, which package syscall lacks.
 const tcpUserTimeout = 0x12
 
-// Conn is a net.Conn whose Read and Write are raw system calls.
+// Conn is a net.Conn whose Read and Write are raw system calls. Like a
+// net.Conn it is safe for concurrent use: Reads are serialized, as are
+// Writes, and a Read and a Write may run at once. Read blocks until data,
+// EOF, an error or the read deadline; Write until all of b is written, an
+// error or the write deadline.
 type Conn struct {
 	net.Conn // Close, addresses and deadlines
 	rc       syscall.RawConn

@@ -29,7 +29,8 @@ import (
 	"time"
 )
 
-// Listener wraps every connection it accepts.
+// Listener wraps every connection it accepts (see Wrap); it is as safe
+// for concurrent use as the listener it wraps.
 type Listener struct {
 	net.Listener
 	// TCPUserTimeout, when positive, is set as TCP_USER_TIMEOUT on every
