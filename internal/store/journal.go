@@ -402,37 +402,22 @@ func (db *DB) reloadOverlay(index bool) error {
 	}
 	// Built aside and swapped in at once, so that a concurrent Get never
 	// sees half an index.
-	var kinds map[Kind]map[string]overlayValue
 	db.ov.mu.RLock()
-	index = index || db.ov.indexed
+	fresh := overlay{indexed: index || db.ov.indexed}
 	db.ov.mu.RUnlock()
-	size := 0
 	for _, e := range entries {
 		kind, ops, err := decodeEntry(e)
 		if err != nil {
 			return fmt.Errorf("store: read journal of %s: %w: %w", db.path, ErrCorrupt, err)
 		}
-		size += len(e)
-		if !index {
-			continue
-		}
-		if kinds == nil {
-			kinds = map[Kind]map[string]overlayValue{}
-		}
-		m := kinds[kind]
-		if m == nil {
-			m = make(map[string]overlayValue, len(ops))
-			kinds[kind] = m
-		}
-		for _, op := range ops {
-			m[string(op.Key)] = overlayValue{value: op.Value, deleted: op.Delete}
-		}
+		fresh.add(kind, ops, len(e))
 	}
+	size := fresh.bytes
 	db.ov.mu.Lock()
 	if db.ov.bytes > 0 && size < db.ov.bytes {
 		db.ov.folds++ // WriteSync folded the journal
 	}
-	db.ov.kinds, db.ov.bytes, db.ov.indexed = kinds, size, index
+	db.ov.kinds, db.ov.bytes, db.ov.indexed = fresh.kinds, fresh.bytes, fresh.indexed
 	db.ov.mu.Unlock()
 	return nil
 }
