@@ -57,12 +57,6 @@ if [[ -z $BIN ]]; then
 	(cd "$ROOT" && go build -o "$TMP/limiterd" ./cmd/limiterd)
 	BIN=$TMP/limiterd
 fi
-cat >"$TMP/policy.yaml" <<'YAML'
-policies:
-  - name: default
-    limit: 4294967295
-    window: 5m
-YAML
 
 free_port() {
 	local p
@@ -79,7 +73,7 @@ for i in 1 2 3; do
 	g=127.0.0.1:$(free_port)
 	extra=(--node-name "n$i" --gossip-addr "$g")
 	[[ -z $seed ]] || extra+=(--join "$seed")
-	"$BIN" --grpc-addr 127.0.0.1:0 --http-addr "" --log-format json --config "$TMP/policy.yaml" \
+	"$BIN" --grpc-addr 127.0.0.1:0 --http-addr "" --log-format json --config "$ROOT/bench/admit-all.yaml" \
 		--data-dir "$TMP/data-$i" "${extra[@]}" ${NODEFLAGS[@]+"${NODEFLAGS[@]}"} 2>"$TMP/n$i.log" &
 	PIDS+=($!)
 	addr=""

@@ -437,13 +437,7 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 
 mkdir -p "$RESULTS"
 rm -f "$RESULTS"/ghz-*.html "$RESULTS"/limiterbench-*.json "$RESULTS"/*.log
-LIMITERD=("$TMP/limiterd" --grpc-addr 127.0.0.1:0 --http-addr "" --log-format json --config "$TMP/policy.yaml")
-cat >"$TMP/policy.yaml" <<'YAML'
-policies:
-  - name: default
-    limit: 4294967295
-    window: 5m
-YAML
+LIMITERD=("$TMP/limiterd" --grpc-addr 127.0.0.1:0 --http-addr "" --log-format json --config "$ROOT/bench/admit-all.yaml")
 : >"$TMP/rows.tsv"
 : >"$TMP/lb.tsv"
 
