@@ -224,7 +224,7 @@ func TestKill9OwnerOverAdmission(t *testing.T) {
 	waitMembers(t, append(survivors, owner), 3)
 	res := mustAllow(t, dialLimiter(t, owner.p.addr), &limiterv1.AllowRequest{Key: "hot", Policy: "busy"})
 	if res.GetAllowed() {
-		t.Errorf("after the owner restarted: Allow() = %v, want denied", res)
+		t.Errorf("after the owner restarted: Allow() = %v, want denied\nrestarted owner's log:\n%s", res, owner.p.log())
 	}
 }
 

@@ -199,12 +199,14 @@ func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (limit
 		return limiter.Result{}, fmt.Errorf("%w: %q", limiter.ErrUnknownPolicy, req.GetPolicy())
 	}
 	var lastErr error = cluster.ErrNoMembers
+	unsynced := false // this node owns the key but could not merge its peers' copies
 	reps := c.node.Replicas(req.GetKey(), c.node.ReplicaCount())
 	for i, m := range reps {
 		var res limiter.Result
 		var err error
 		if m.Name == c.node.Name() {
-			res, err = c.allowOwned(ctx, req, p)
+			res, err = c.allowOwned(ctx, req, p, false)
+			unsynced = unsynced || errors.Is(err, errUnsynced)
 		} else {
 			var d *limiterv1.PeerDecision
 			d, err = c.forward(ctx, m, req, i < len(reps)-1)
@@ -217,10 +219,20 @@ func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (limit
 			res.Degraded = res.Degraded || i > 0
 			return res, nil
 		}
-		if !errors.Is(err, cluster.ErrOwnerUnavailable) && !errors.Is(err, errStarting) && !errors.Is(err, errLeaving) {
+		if !errors.Is(err, cluster.ErrOwnerUnavailable) && !errors.Is(err, errStarting) && !errors.Is(err, errLeaving) && !errors.Is(err, errUnsynced) {
 			return limiter.Result{}, err
 		}
 		c.cfg.Logger.Warn("key owner unreachable; trying the next replica", "key", req.GetKey(), "member", m.Name, "err", err)
+		lastErr = err
+	}
+	if unsynced {
+		// No replica could decide instead: this node, the owner, decides on
+		// its own copy (not degraded: the owner decided), and merges the
+		// peers' copies once they answer.
+		res, err := c.allowOwned(ctx, req, p, true)
+		if err == nil {
+			return res, nil
+		}
 		lastErr = err
 	}
 	if !p.FailOpen {
@@ -273,8 +285,11 @@ func (c *Cluster) forward(ctx context.Context, m cluster.Member, req *limiterv1.
 }
 
 // allowOwned decides req here, first taking in the key's state from its
-// peers if membership changed since this node last did.
-func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p policy.Policy) (limiter.Result, error) {
+// peers if membership changed since this node last did. When some peer
+// did not answer (now, or at a try less than 4 × SyncTimeout ago) it
+// returns errUnsynced, so that a replica that did count the key's hits
+// meanwhile decides instead, unless anyway is set: the last resort.
+func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p policy.Policy, anyway bool) (limiter.Result, error) {
 	c.gate.RLock()
 	defer c.gate.RUnlock()
 	if c.leaving.Load() {
@@ -283,8 +298,10 @@ func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p
 	if !c.joined.Load() {
 		return limiter.Result{}, errStarting // likewise
 	}
-	if ep, ok := c.needsSync(p, req.GetKey()); ok && c.syncDue(p.Name, req.GetKey()) {
-		c.sync(ctx, p.Name, req.GetKey(), ep)
+	if ep, ok := c.needsSync(p, req.GetKey()); ok && !anyway {
+		if !c.syncDue(p.Name, req.GetKey()) || !c.sync(ctx, p.Name, req.GetKey(), ep) {
+			return limiter.Result{}, errUnsynced
+		}
 	}
 	return c.svc.decideLocal(ctx, req)
 }
@@ -305,8 +322,9 @@ func (c *Cluster) needsSync(p policy.Policy, key string) (uint64, bool) {
 }
 
 // sync merges the copies of key held by its replicas (and the next member
-// in hash order, the previous owner after a join).
-func (c *Cluster) sync(ctx context.Context, policyName, key string, ep uint64) {
+// in hash order, the previous owner after a join). It reports whether
+// every member asked answered; only then is the key marked merged.
+func (c *Cluster) sync(ctx context.Context, policyName, key string, ep uint64) bool {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.SyncTimeout)
 	defer cancel()
 	// Peers that have not heard of this node yet join it at once (see
@@ -342,18 +360,23 @@ func (c *Cluster) sync(ctx context.Context, policyName, key string, ep uint64) {
 			c.cfg.Logger.Warn("merge fetched state", "key", key, "err", err)
 		}
 	}
-	if asked > 0 && answered == 0 {
-		// Nobody answered (a peer still dialing after this node restarted,
-		// a slow machine, a cut link): the key is decided on what this node
-		// holds, but stays unsynced, so a later call merges the peers'
-		// copies. Marking it synced here forgot them for good: a restarted
-		// owner handed out the quota its replicas had counted meanwhile.
-		c.cfg.Logger.Warn("no peer answered for a key's state; deciding on local state and retrying later", "key", key, "asked", asked)
+	if answered < asked {
+		// A peer did not answer (one still dialing after this node
+		// restarted, a slow machine, a cut link). It may be the one that
+		// decided the key while this node was away, so the key stays
+		// unsynced and its calls go to that replica meanwhile. Marking it
+		// synced forgot the missing copy for good: a restarted owner handed
+		// out the quota its replicas had counted meanwhile (the flaky end of
+		// TestKill9OwnerOverAdmission, first with no answer, then with one
+		// of two).
+		c.cfg.Logger.Warn("a peer did not answer for a key's state; the key stays unmerged and is retried later",
+			"key", key, "asked", asked, "answered", answered)
 		c.syncFailed(policyName, key)
-		return
+		return false
 	}
 	c.syncDone(policyName, key)
 	_ = c.lim.Merge(limiter.KeyState{Policy: policyName, Key: key}, false, ep)
+	return true
 }
 
 // maxSyncBackoff bounds the keys remembered as waiting to retry a sync;
@@ -447,9 +470,18 @@ func (c *Cluster) AllowLocal(ctx context.Context, req *limiterv1.AllowRequest) (
 			}
 			return resp, nil
 		}
-		// The owner is unreachable from here too: decide with this copy.
+		// The owner is unreachable from here too, or has not merged the
+		// key's copies: decide with this copy, the last resort.
+		res, err := c.allowOwned(ctx, req, p, false)
+		if errors.Is(err, errUnsynced) {
+			res, err = c.allowOwned(ctx, req, p, true)
+		}
+		if err != nil {
+			return nil, c.svc.fail("Peer.Allow", req.GetRequestId(), err)
+		}
+		return toDecision(res), nil
 	}
-	res, err := c.allowOwned(ctx, req, p)
+	res, err := c.allowOwned(ctx, req, p, false)
 	if err != nil {
 		return nil, c.svc.fail("Peer.Allow", req.GetRequestId(), err)
 	}

@@ -34,7 +34,7 @@ func toStatus(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, limiter.ErrPolicyExists):
 		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, errDraining), errors.Is(err, errLeaving), errors.Is(err, errStarting), errors.Is(err, limiter.ErrClosed), errors.Is(err, store.ErrClosed),
+	case errors.Is(err, errDraining), errors.Is(err, errLeaving), errors.Is(err, errStarting), errors.Is(err, errUnsynced), errors.Is(err, limiter.ErrClosed), errors.Is(err, store.ErrClosed),
 		errors.Is(err, cluster.ErrOwnerUnavailable), errors.Is(err, cluster.ErrNoMembers), errors.Is(err, cluster.ErrClosed):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.As(err, &se):
@@ -51,6 +51,7 @@ var (
 	errDraining   = errors.New("server: draining")
 	errLeaving    = errors.New("server: leaving the cluster; retry on the key's new owner")
 	errStarting   = errors.New("server: joining the cluster; retry on another node")
+	errUnsynced   = errors.New("server: the key's state is not yet merged from its peers; retry on another replica")
 )
 
 // Status maps err to the gRPC status the limiter.v1 services would answer

@@ -1,0 +1,209 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/limiterd/limiterd/internal/cluster"
+	"github.com/limiterd/limiterd/internal/limiter"
+	"github.com/limiterd/limiterd/internal/policy"
+	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
+)
+
+// fakePeers is a peerNode for one node, "x", in a ring of three: "r" and
+// "s" are limiters in this process, reached through calls that a test can
+// fail one by one. Methods the Cluster does not call in these tests panic
+// (the embedded nil interface).
+type fakePeers struct {
+	peerNode
+	ring  *cluster.Ring
+	peers map[string]*limiter.Limiter
+
+	mu        sync.Mutex
+	noFetch   map[string]bool // members whose Fetch fails
+	noForward map[string]bool // members whose Forward fails
+	forwarded []string        // members Forward reached
+}
+
+var errFakeDown = fmt.Errorf("fake: %w", cluster.ErrOwnerUnavailable)
+
+func (f *fakePeers) Name() string                                               { return f.ring.Self() }
+func (f *fakePeers) Ring() *cluster.Ring                                        { return f.ring }
+func (f *fakePeers) Owner(key string) (cluster.Member, bool)                    { return f.ring.Owner(key) }
+func (f *fakePeers) Replicas(key string, n int) []cluster.Member                { return f.ring.Replicas(key, n) }
+func (f *fakePeers) ReplicaCount() int                                          { return 2 }
+func (f *fakePeers) Members() []cluster.Member                                  { return f.ring.Members() }
+func (f *fakePeers) RegisterPeerService(grpc.ServiceRegistrar, cluster.Handler) {}
+func (f *fakePeers) GossipAddr() string                                         { return "127.0.0.1:1" }
+func (f *fakePeers) Reconnect(string)                                           {}
+
+func (f *fakePeers) Replicate(context.Context, cluster.Member, []*limiterv1.KeyState) error {
+	return nil
+}
+
+func (f *fakePeers) Fetch(_ context.Context, m cluster.Member, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error) {
+	f.mu.Lock()
+	down := f.noFetch[m.Name]
+	f.mu.Unlock()
+	if down {
+		return nil, errFakeDown
+	}
+	var out []*limiterv1.KeyState
+	for _, r := range refs {
+		if st, ok := f.peers[m.Name].State(r.GetPolicy(), r.GetKey()); ok {
+			out = append(out, &limiterv1.KeyState{Policy: r.GetPolicy(), Key: r.GetKey(), State: st})
+		}
+	}
+	return out, nil
+}
+
+// Forward decides on the member's limiter, as the member would when the
+// key's owner (this node) does not answer it either.
+func (f *fakePeers) Forward(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest) (*limiterv1.PeerDecision, error) {
+	f.mu.Lock()
+	down := f.noForward[m.Name]
+	if !down {
+		f.forwarded = append(f.forwarded, m.Name)
+	}
+	f.mu.Unlock()
+	if down {
+		return nil, errFakeDown
+	}
+	res, err := f.peers[m.Name].Allow(ctx, limiter.Request{Policy: req.GetPolicy(), Key: req.GetKey(), Hits: req.GetHits()})
+	if err != nil {
+		return nil, err
+	}
+	return toDecision(res), nil
+}
+
+func (f *fakePeers) ForwardWithin(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest, _ time.Duration) (*limiterv1.PeerDecision, error) {
+	return f.Forward(ctx, m, req)
+}
+
+func newTestLimiter(t *testing.T, p policy.Policy, now func() time.Time) *limiter.Limiter {
+	t.Helper()
+	cfg := limiter.DefaultConfig()
+	cfg.Now = now
+	cfg.Policies = []policy.Policy{p}
+	cfg.Replicate = true
+	lim, err := limiter.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	return lim
+}
+
+// startFakeCluster starts node x of a ring {x, r, s} and returns it with
+// its peers and a key that x owns with r as its first replica: the member
+// that decided the key while x was away.
+func startFakeCluster(t *testing.T, p policy.Policy) (*Cluster, *fakePeers, string) {
+	t.Helper()
+	now := func() time.Time { return t0 }
+	var ms []cluster.Member
+	for _, n := range []string{"x", "r", "s"} {
+		ms = append(ms, cluster.Member{Name: n, GRPCAddr: n + ":1", Alive: true})
+	}
+	f := &fakePeers{ring: cluster.NewRing("x", ms, nil), peers: map[string]*limiter.Limiter{},
+		noFetch: map[string]bool{}, noForward: map[string]bool{}}
+	f.peers["r"] = newTestLimiter(t, p, now)
+	f.peers["s"] = newTestLimiter(t, p, now)
+	key := ""
+	for i := 0; key == ""; i++ {
+		k := fmt.Sprintf("k%d", i)
+		if reps := f.ring.Replicas(k, 2); reps[0].Name == "x" && reps[1].Name == "r" {
+			key = k
+		}
+	}
+	lim := newTestLimiter(t, p, now)
+	cfg := DefaultConfig()
+	cfg.Decider = lim
+	cfg.Now = now
+	svc, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg := DefaultClusterConfig()
+	ccfg.SyncTimeout = time.Millisecond // retries after 4ms
+	c := NewCluster(svc, lim, nil, ccfg)
+	c.Start(f, svc.NewGRPCServer())
+	c.Alone()
+	t.Cleanup(c.Stop)
+	return c, f, key
+}
+
+// TestUnmergedOwnerLetsReplicaDecide: an owner back from an absence whose
+// fetch of a key's state misses the member that counted the key meanwhile
+// must not decide on its own stale copy, even when another member did
+// answer. It hands the call to that replica, and merges the copy once the
+// replica answers. (Deciding on the partial merge was the flaky end of
+// cmd/limiterd's TestKill9OwnerOverAdmission.)
+func TestUnmergedOwnerLetsReplicaDecide(t *testing.T) {
+	p := policy.Policy{Name: "hundred", Limit: 100, Window: time.Minute, Buckets: 60}
+	c, f, key := startFakeCluster(t, p)
+	ctx := context.Background()
+	// r decided the key up to its limit while x was away; s knows nothing.
+	if res, err := f.peers["r"].Allow(ctx, limiter.Request{Policy: p.Name, Key: key, Hits: 100}); err != nil || !res.Allowed {
+		t.Fatalf("r: Allow(100 hits) = %+v, %v", res, err)
+	}
+	f.noFetch["r"] = true
+
+	res, err := c.allow(ctx, &limiterv1.AllowRequest{Policy: p.Name, Key: key})
+	if err != nil {
+		t.Fatalf("allow() error = %v", err)
+	}
+	if res.Allowed {
+		t.Errorf("allow() on the unmerged owner = allowed, remaining %d; want denied by r, which holds 100 hits", res.Remaining)
+	}
+	if f.forwarded == nil || f.forwarded[0] != "r" {
+		t.Errorf("calls forwarded to %v, want r", f.forwarded)
+	}
+
+	// Once r answers, x merges r's count and decides the key itself.
+	f.mu.Lock()
+	f.noFetch["r"] = false
+	f.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for !c.lim.Synced(p.Name, key, 1) {
+		if time.Now().After(deadline) {
+			t.Fatal("x never merged the key once r answered")
+		}
+		if _, err := c.allow(ctx, &limiterv1.AllowRequest{Policy: p.Name, Key: key, DryRun: true}); err != nil {
+			t.Fatalf("allow(dry run) error = %v", err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	f.mu.Lock()
+	n := len(f.forwarded)
+	f.mu.Unlock()
+	res, err = c.allow(ctx, &limiterv1.AllowRequest{Policy: p.Name, Key: key})
+	if err != nil || res.Allowed || res.Degraded {
+		t.Errorf("allow() after the merge = %+v, %v; want denied by x itself, not degraded", res, err)
+	}
+	if len(f.forwarded) != n {
+		t.Errorf("a call after the merge was forwarded to %v", f.forwarded[n:])
+	}
+}
+
+// TestUnmergedOwnerDecidesWhenNoReplicaCan: when the replicas cannot take
+// the call either, the owner decides on its own copy (its last resort, not
+// degraded: the owner decided) instead of failing the call.
+func TestUnmergedOwnerDecidesWhenNoReplicaCan(t *testing.T) {
+	p := policy.Policy{Name: "hundred", Limit: 100, Window: time.Minute, Buckets: 60}
+	c, f, key := startFakeCluster(t, p)
+	for _, m := range []string{"r", "s"} {
+		f.noFetch[m], f.noForward[m] = true, true
+	}
+	res, err := c.allow(context.Background(), &limiterv1.AllowRequest{Policy: p.Name, Key: key})
+	if err != nil || !res.Allowed || res.Degraded || res.Remaining != 99 {
+		t.Errorf("allow() with no peer reachable = %+v, %v; want allowed on local state, remaining 99, not degraded", res, err)
+	}
+	if c.lim.Synced(p.Name, key, 1) {
+		t.Error("the key is marked merged though no peer answered")
+	}
+}
