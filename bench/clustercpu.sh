@@ -15,13 +15,16 @@
 # -n CALLS (measured calls, default 60000), --warmup CALLS (default 10000;
 # use at least the key count so that every key is known before measuring),
 # -c C (ghz concurrency, default 50), --keys N (default 10000), --perf FILE
-# (also `perf record -g` the three nodes during the measured run). Flags
+# (also `perf record -g` the three nodes during the measured run), --rps R
+# (ghz sends at most R calls a second: CPU per call falls as the rate, and
+# with it the batch size, rises, so A/B runs at one fixed rate compare the
+# change rather than the throughput it happened to reach). Flags
 # after -- go to every node. Single runs vary by several µs per call: compare
 # pairs of runs, alternating A and B.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN="" CALLS=60000 WARM=10000 C=50 KEYS=10000 PERF=""
+BIN="" CALLS=60000 WARM=10000 C=50 KEYS=10000 PERF="" RPS=0
 while (($#)); do
 	case $1 in
 	--bin) BIN=$2; shift ;;
@@ -30,6 +33,7 @@ while (($#)); do
 	-c) C=$2; shift ;;
 	--keys) KEYS=$2; shift ;;
 	--perf) PERF=$2; shift ;;
+	--rps) RPS=$2; shift ;;
 	--) shift; break ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) echo "clustercpu: unknown argument $1 (try --help)" >&2; exit 2 ;;
@@ -97,7 +101,7 @@ switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s
 
 ghz_run() {
 	"$GHZ" --insecure --call limiter.v1.Limiter/Allow -d "{\"key\":\"key-{{randomInt 0 $KEYS}}\"}" \
-		-n "$1" -c "$C" -t 10s -O json "$first" >"$2"
+		-n "$1" -c "$C" -r "$RPS" -t 10s -O json "$first" >"$2"
 }
 ghz_run "$WARM" "$TMP/warmup.json"
 declare -a T0 S0 T1 S1
