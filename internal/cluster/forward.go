@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -80,6 +81,63 @@ func (n *Node) Replicate(ctx context.Context, member Member, states []*limiterv1
 		return fmt.Errorf("replicate %d keys to %s: %w", len(states), member.Name, err)
 	}
 	return nil
+}
+
+// ReplicateAsync is Replicate without the wait, for the replication loop:
+// it returns at once and calls done once, with nil when member has applied
+// every state, or with the states it may not have and why. On the peer
+// wire the updates go quiet: member answers only a failure, and the next
+// answer it writes on the connection, for a forwarded batch or a
+// confirmation asked for after quietConfirmAfter, confirms them. That
+// spares member a write and this node a wake-up per update. done may run
+// on the connection's reader: it must not block.
+func (n *Node) ReplicateAsync(member Member, states []*limiterv1.KeyState, done func(lost []*limiterv1.KeyState, err error)) {
+	p, err := n.fw.peer(member)
+	if err != nil {
+		done(states, fmt.Errorf("replicate %d keys to %s: %w", len(states), member.Name, err))
+		return
+	}
+	if p.wire == nil {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), wireQuietTimeout)
+			defer cancel()
+			if err := n.Replicate(ctx, member, states); err != nil {
+				done(states, err)
+				return
+			}
+			done(nil, nil)
+		}()
+		return
+	}
+	parts := chunks(states)
+	if len(parts) == 0 {
+		done(nil, nil)
+		return
+	}
+	var mu sync.Mutex
+	left := len(parts)
+	var lost []*limiterv1.KeyState
+	var first error
+	for _, chunk := range parts {
+		p.wire.sendQuiet(&limiterv1.ReplicateRequest{States: chunk}, func(err error) {
+			mu.Lock()
+			if err != nil {
+				lost = append(lost, chunk...)
+				first = cmp.Or(first, err)
+			}
+			left--
+			last := left == 0
+			mu.Unlock()
+			if !last {
+				return
+			}
+			if first != nil {
+				done(lost, fmt.Errorf("replicate %d keys to %s: %w", len(lost), member.Name, first))
+				return
+			}
+			done(nil, nil)
+		})
+	}
 }
 
 // PushState hands keys to member, their new owner (for example before this

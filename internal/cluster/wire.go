@@ -21,10 +21,14 @@ package cluster
 // both sides exchange frames: a 4-byte big-endian length of what follows,
 // a type byte, an 8-byte big-endian id and a protobuf payload. A request
 // (frameAllow, frameReplicate) is answered by one frame with its id
-// (frameAllowResult, frameDone or frameError), in any order.
+// (frameAllowResult, frameDone or frameError), in any order. A
+// frameReplicateQuiet is answered only when it fails (frameError); the
+// server applies it before reading the next frame, so the answer to any
+// request written after it confirms it (see wireClient.sendQuiet).
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -33,6 +37,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +66,9 @@ const (
 	// (frozen, or its host gone) has its connection closed after this long,
 	// which fails what waits on it over to the next replica.
 	wireWriteTimeout = time.Second
+	// wireQuietTimeout bounds waiting for the confirmation of quiet replica
+	// updates; past it they fail (and are sent again).
+	wireQuietTimeout = time.Second
 )
 
 // frameType is the kind of a frame.
@@ -72,7 +80,15 @@ const (
 	frameReplicate   frameType = 3 // ReplicateRequest
 	frameDone        frameType = 4 // no payload: the request succeeded
 	frameError       frameType = 5 // ItemStatus: the request failed as a whole
+	// frameReplicateQuiet is a ReplicateRequest answered only on failure.
+	frameReplicateQuiet frameType = 6
 )
+
+// quietConfirmAfter is how long a quiet replica update may wait for a
+// later answered request on its connection before the client asks for one
+// (an empty frameReplicate), so that an idle connection, too, learns what
+// arrived.
+const quietConfirmAfter = 50 * time.Millisecond
 
 // errBadFrame marks input that is not the wire format.
 var errBadFrame = errors.New("cluster: bad peer wire frame")
@@ -160,14 +176,26 @@ type frameWriter struct {
 	mu  sync.Mutex
 	c   net.Conn
 	buf []byte
+	seq uint64 // frames written so far
 }
 
 func (w *frameWriter) write(typ frameType, id uint64, msg proto.Message) error {
+	return w.writeSeq(typ, id, msg, nil)
+}
+
+// writeSeq is write that, when seq is not nil, stores there the frame's
+// place among the frames written on the connection (1 for the first)
+// before writing it, so that whoever reads the answer sees it.
+func (w *frameWriter) writeSeq(typ frameType, id uint64, msg proto.Message, seq *atomic.Uint64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var err error
 	if w.buf, err = appendFrame(w.buf[:0], typ, id, msg); err != nil {
 		return err
+	}
+	w.seq++
+	if seq != nil {
+		seq.Store(w.seq)
 	}
 	_ = w.c.SetWriteDeadline(time.Now().Add(wireWriteTimeout))
 	_, err = w.c.Write(w.buf)
@@ -341,7 +369,9 @@ func (s *wireServer) frame(ctx context.Context, w *frameWriter, typ frameType, i
 		} else {
 			go run()
 		}
-	case frameReplicate:
+	case frameReplicate, frameReplicateQuiet:
+		// Applied here, before the next frame is read: the client counts
+		// on it to confirm quiet updates (wireClient.sendQuiet).
 		req := &limiterv1.ReplicateRequest{}
 		if err := proto.Unmarshal(payload, req); err != nil {
 			s.answer(w, id, nil, statusFrame(codes.InvalidArgument, fmt.Sprintf("decode replicate: %v", err)))
@@ -352,7 +382,9 @@ func (s *wireServer) frame(ctx context.Context, w *frameWriter, typ frameType, i
 			s.answer(w, id, nil, statusFrame(st.Code(), st.Message()))
 			return
 		}
-		s.answer(w, id, nil, nil)
+		if typ == frameReplicate {
+			s.answer(w, id, nil, nil)
+		}
 	default:
 		s.answer(w, id, nil, statusFrame(codes.Unimplemented, fmt.Sprintf("peer wire frame type %d", typ)))
 	}
@@ -389,8 +421,10 @@ func (s *wireServer) recover(w *frameWriter, id uint64) {
 // wireCall is a request waiting for its answer.
 type wireCall struct {
 	conn *wireConn // nil while the connection is being made
+	id   uint64
 	typ  frameType
 	msg  proto.Message
+	seq  atomic.Uint64 // its place on conn (frameWriter.writeSeq); 0 before it is written
 	// done gets the answer, or err; exactly once, never with a lock held.
 	done func(typ frameType, payload []byte, err error)
 }
@@ -425,18 +459,23 @@ type wireClient struct {
 
 	next atomic.Uint64 // request ids
 
-	mu       sync.Mutex
-	conn     *wireConn
-	dialing  bool
-	retryAt  time.Time     // no dial before this, after a failed one
-	backoff  time.Duration // the wait after the next failure
-	pending  map[uint64]*wireCall
-	closed   bool
-	readerWG sync.WaitGroup
+	mu      sync.Mutex
+	conn    *wireConn
+	dialing bool
+	retryAt time.Time     // no dial before this, after a failed one
+	backoff time.Duration // the wait after the next failure
+	pending map[uint64]*wireCall
+	quiet   []*wireCall // frameReplicateQuiet calls not yet confirmed (also in pending)
+	noQuiet bool        // the peer does not know frameReplicateQuiet
+	pinging bool        // a confirmation is due or under way (ping)
+	// confirmAfter is quietConfirmAfter (tests set it).
+	confirmAfter time.Duration
+	closed       bool
+	readerWG     sync.WaitGroup
 }
 
 func newWireClient(name, addr string, tlsCfg *tls.Config, secret string, log *slog.Logger, onEvent func(WireEvent)) *wireClient {
-	return &wireClient{name: name, addr: addr, tls: tlsCfg, secret: secret, log: log, onEvent: onEvent, pending: map[uint64]*wireCall{}}
+	return &wireClient{name: name, addr: addr, tls: tlsCfg, secret: secret, log: log, onEvent: onEvent, pending: map[uint64]*wireCall{}, confirmAfter: quietConfirmAfter}
 }
 
 func (wc *wireClient) event(e WireEvent) {
@@ -450,7 +489,11 @@ func (wc *wireClient) newID() uint64 { return wc.next.Add(1) }
 
 // send writes request id (from newID) and calls done with its answer.
 func (wc *wireClient) send(id uint64, typ frameType, msg proto.Message, done func(frameType, []byte, error)) {
-	call := &wireCall{typ: typ, msg: msg, done: done}
+	wc.sendCall(&wireCall{id: id, typ: typ, msg: msg, done: done})
+}
+
+func (wc *wireClient) sendCall(call *wireCall) {
+	id, done := call.id, call.done
 	wc.mu.Lock()
 	switch {
 	case wc.closed:
@@ -462,7 +505,17 @@ func (wc *wireClient) send(id uint64, typ frameType, msg proto.Message, done fun
 		done(0, nil, fmt.Errorf("%w: %s unreachable, retrying in %v", ErrOwnerUnavailable, wc.name, time.Until(wc.retryAt).Round(time.Millisecond)))
 		return
 	}
+	if call.typ == frameReplicateQuiet && wc.noQuiet {
+		call.typ = frameReplicate
+	}
 	wc.pending[id] = call
+	if call.typ == frameReplicateQuiet {
+		wc.quiet = append(wc.quiet, call)
+		if !wc.pinging {
+			wc.pinging = true
+			time.AfterFunc(wc.confirmAfter, wc.ping)
+		}
+	}
 	c := wc.conn
 	if c == nil {
 		if !wc.dialing {
@@ -474,9 +527,105 @@ func (wc *wireClient) send(id uint64, typ frameType, msg proto.Message, done fun
 	}
 	call.conn = c
 	wc.mu.Unlock()
-	if err := c.w.write(typ, id, msg); err != nil {
+	wc.write(c, call)
+}
+
+// write writes call, already pending on c, and notes its place on c.
+func (wc *wireClient) write(c *wireConn, call *wireCall) bool {
+	if err := c.w.writeSeq(call.typ, call.id, call.msg, &call.seq); err != nil {
 		wc.broken(c, err)
+		return false
 	}
+	return true
+}
+
+// sendQuiet writes a replica update that the peer answers only if it
+// fails, and calls done once: nil when the answer to a request written
+// after it on the same connection arrives (the peer applied the update
+// before reading that request), or the error when the update failed, its
+// connection broke or a confirmation did not come within timeout. Quiet
+// updates spare the peer a write and this node a wake-up per update; a
+// connection with nothing else to answer gets an empty frameReplicate,
+// quietConfirmAfter after the first unconfirmed update, to confirm them;
+// that one is bounded by wireQuietTimeout.
+func (wc *wireClient) sendQuiet(msg *limiterv1.ReplicateRequest, done func(error)) {
+	wc.sendCall(&wireCall{id: wc.newID(), typ: frameReplicateQuiet, msg: msg, done: func(t frameType, payload []byte, err error) {
+		if err == nil && t != frameDone {
+			err = answerError(wc.name, t, payload)
+		}
+		done(err)
+	}})
+}
+
+// ping asks the peer to answer an empty replica update, which confirms the
+// quiet updates written before it; when that fails, they fail with it.
+func (wc *wireClient) ping() {
+	wc.mu.Lock()
+	if len(wc.quiet) == 0 || wc.closed {
+		wc.pinging = false
+		wc.mu.Unlock()
+		return
+	}
+	waiting := append([]*wireCall(nil), wc.quiet...)
+	wc.mu.Unlock()
+	id := wc.newID()
+	timer := time.AfterFunc(wireQuietTimeout, func() {
+		wc.cancel(id, fmt.Errorf("%w: %s did not confirm replica updates within %v", ErrOwnerUnavailable, wc.name, wireQuietTimeout))
+	})
+	wc.send(id, frameReplicate, &limiterv1.ReplicateRequest{}, func(t frameType, payload []byte, err error) {
+		timer.Stop()
+		if err == nil && t != frameDone {
+			err = answerError(wc.name, t, payload)
+		}
+		var failed []*wireCall
+		wc.mu.Lock()
+		if err != nil {
+			for _, q := range waiting {
+				if wc.pending[q.id] == q {
+					delete(wc.pending, q.id)
+					failed = append(failed, q)
+				}
+			}
+			wc.dropQuiet(func(q *wireCall) bool { return wc.pending[q.id] != q })
+		}
+		again := len(wc.quiet) > 0 && !wc.closed
+		wc.pinging = again
+		wc.mu.Unlock()
+		for _, q := range failed {
+			q.done(0, nil, err)
+		}
+		if again {
+			time.AfterFunc(wc.confirmAfter, wc.ping)
+		}
+	})
+}
+
+// dropQuiet removes the quiet calls for which drop returns true; wc.mu is
+// held.
+func (wc *wireClient) dropQuiet(drop func(*wireCall) bool) {
+	kept := wc.quiet[:0]
+	for _, q := range wc.quiet {
+		if !drop(q) {
+			kept = append(kept, q)
+		}
+	}
+	clear(wc.quiet[len(kept):])
+	wc.quiet = kept
+}
+
+// confirmed takes the quiet calls written on c before the frame at seq,
+// which was answered; wc.mu is held.
+func (wc *wireClient) confirmed(c *wireConn, seq uint64) []*wireCall {
+	var out []*wireCall
+	wc.dropQuiet(func(q *wireCall) bool {
+		if s := q.seq.Load(); q.conn == c && s != 0 && s < seq {
+			delete(wc.pending, q.id)
+			out = append(out, q)
+			return true
+		}
+		return false
+	})
+	return out
 }
 
 // request sends a request and waits for its frameDone, or ctx.
@@ -521,7 +670,6 @@ func (wc *wireClient) dial() {
 	wc.mu.Lock()
 	wc.dialing = false
 	var queued []*wireCall
-	var ids []uint64
 	if err == nil && wc.closed {
 		err = ErrClosed
 		_ = c.c.Close()
@@ -547,20 +695,19 @@ func (wc *wireClient) dial() {
 	}
 	wc.conn = c
 	wc.backoff = 0
-	for id, call := range wc.pending {
+	for _, call := range wc.pending {
 		if call.conn == nil {
 			call.conn = c
 			queued = append(queued, call)
-			ids = append(ids, id)
 		}
 	}
+	slices.SortFunc(queued, func(a, b *wireCall) int { return cmp.Compare(a.id, b.id) }) // in the order sent
 	wc.readerWG.Add(1)
 	wc.mu.Unlock()
 	wc.event(WireDialed)
 	go wc.read(c)
-	for i, call := range queued {
-		if err := c.w.write(call.typ, ids[i], call.msg); err != nil {
-			wc.broken(c, err)
+	for _, call := range queued {
+		if !wc.write(c, call) {
 			return
 		}
 	}
@@ -626,9 +773,23 @@ func (wc *wireClient) read(c *wireConn) {
 		wc.mu.Lock()
 		call := wc.pending[id]
 		delete(wc.pending, id)
+		var confirmed []*wireCall
+		if call != nil && len(wc.quiet) > 0 {
+			if call.typ == frameReplicateQuiet { // it failed
+				wc.dropQuiet(func(q *wireCall) bool { return q == call })
+				if typ == frameError && isUnimplemented(payload) {
+					wc.noQuiet = true // an older peer; ask for answers from now on
+				}
+			} else {
+				confirmed = wc.confirmed(c, call.seq.Load())
+			}
+		}
 		wc.mu.Unlock()
 		if call != nil {
 			call.done(typ, payload, nil)
+		}
+		for _, q := range confirmed {
+			q.done(frameDone, nil, nil)
 		}
 	}
 }
@@ -649,6 +810,7 @@ func (wc *wireClient) broken(c *wireConn, err error) {
 			failed = append(failed, call)
 		}
 	}
+	wc.dropQuiet(func(q *wireCall) bool { return q.conn == c })
 	wc.mu.Unlock()
 	if current {
 		wc.event(WireBroken)
@@ -682,10 +844,18 @@ func (wc *wireClient) close() {
 		delete(wc.pending, id)
 		failed = append(failed, call)
 	}
+	wc.dropQuiet(func(*wireCall) bool { return true })
 	wc.mu.Unlock()
 	for _, call := range failed {
 		call.done(0, nil, fmt.Errorf("%w: connection to %s closed", ErrOwnerUnavailable, wc.name))
 	}
+}
+
+// isUnimplemented reports whether a frameError's payload says the peer
+// does not know the frame's type.
+func isUnimplemented(payload []byte) bool {
+	var st limiterv1.ItemStatus
+	return proto.Unmarshal(payload, &st) == nil && codes.Code(st.GetCode()) == codes.Unimplemented
 }
 
 // answerError turns an answer frame that is not the expected one into an

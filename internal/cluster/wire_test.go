@@ -274,3 +274,94 @@ func TestWirePanicIsInternal(t *testing.T) {
 		t.Errorf("Forward(fine) after a panic = %v, %v", resp, err)
 	}
 }
+
+// TestReplicateQuiet: replica updates sent with ReplicateAsync get no
+// answer of their own on the wire. The answer to a later request on the
+// connection confirms them, or, on a connection with nothing else to say,
+// an empty update the client asks to be answered; a failed update, or a
+// connection that breaks first, reports the states that may be lost.
+func TestReplicateQuiet(t *testing.T) {
+	from := startNode(t, "from", withWire)
+	to := startNode(t, "to", withWire)
+	p, err := from.fw.peer(to.Self())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.wire.confirmAfter = time.Hour // no confirmation unless something else is answered
+	type result struct {
+		lost []*limiterv1.KeyState
+		err  error
+	}
+	send := func(states ...*limiterv1.KeyState) chan result {
+		ch := make(chan result, 1)
+		from.ReplicateAsync(to.Self(), states, func(lost []*limiterv1.KeyState, err error) { ch <- result{lost, err} })
+		return ch
+	}
+	wait := func(what string, ch chan result) result {
+		t.Helper()
+		select {
+		case r := <-ch:
+			return r
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no result for %s", what)
+			return result{}
+		}
+	}
+	held := func(key string) bool {
+		to.h.mu.Lock()
+		defer to.h.mu.Unlock()
+		_, ok := to.h.states["default/"+key]
+		return ok
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	// Confirmed by the answer to a forwarded call.
+	ch := send(&limiterv1.KeyState{Policy: "default", Key: "a", State: []byte{1}, Version: 1})
+	waitFor(t, 5*time.Second, "the replica to apply the quiet update", func() bool { return held("a") })
+	select {
+	case r := <-ch:
+		t.Fatalf("quiet update reported %v before anything confirmed it", r)
+	default:
+	}
+	if _, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "k"}); err != nil {
+		t.Fatalf("Forward() = %v", err)
+	}
+	if r := wait("a confirmed update", ch); r.err != nil || r.lost != nil {
+		t.Errorf("confirmed update: lost %v, err %v; want none", r.lost, r.err)
+	}
+
+	// A failed update reports its states and the replica's error.
+	bad := &limiterv1.KeyState{Policy: "default"}
+	r := wait("a refused update", send(bad))
+	var re *RemoteError
+	if !errors.As(r.err, &re) || re.Code != codes.InvalidArgument || len(r.lost) != 1 || r.lost[0] != bad {
+		t.Errorf("refused update: lost %v, err %v; want the state and InvalidArgument", r.lost, r.err)
+	}
+
+	// On an idle connection the client asks for a confirmation.
+	idle := startNode(t, "idle", withWire)
+	q, err := idle.fw.peer(to.Self())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.wire.confirmAfter = time.Millisecond
+	ch = make(chan result, 1)
+	idle.ReplicateAsync(to.Self(), []*limiterv1.KeyState{{Policy: "default", Key: "b", State: []byte{2}, Version: 1}},
+		func(lost []*limiterv1.KeyState, err error) { ch <- result{lost, err} })
+	if r := wait("an update on an idle connection", ch); r.err != nil {
+		t.Errorf("idle connection: err %v, want a confirmation", r.err)
+	}
+
+	// The connection breaks before any confirmation: the states are lost.
+	c := &limiterv1.KeyState{Policy: "default", Key: "c", State: []byte{3}, Version: 1}
+	ch = send(c)
+	waitFor(t, 5*time.Second, "the replica to apply the last update", func() bool { return held("c") })
+	if err := to.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	r = wait("an update on a broken connection", ch)
+	if !errors.Is(r.err, ErrOwnerUnavailable) || len(r.lost) != 1 || r.lost[0] != c {
+		t.Errorf("broken connection: lost %v, err %v; want the state and ErrOwnerUnavailable", r.lost, r.err)
+	}
+}

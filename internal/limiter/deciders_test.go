@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -153,5 +154,31 @@ func TestChangesToken(t *testing.T) {
 	allow(t, l, Request{Key: "a"}) // queued again after TakeChanged
 	if n := tokens(); n != 1 {
 		t.Fatalf("tokens after a change following TakeChanged = %d, want 1", n)
+	}
+}
+
+// TestRequeue: a key requeued after TakeChanged (its update may be lost) is
+// taken again with its state at that time, not the one that was lost; a
+// key this node does not hold is not.
+func TestRequeue(t *testing.T) {
+	clk := newClock()
+	l := clusterNode(t, clk, nil)
+	allow(t, l, Request{Key: "a"})
+	lost := l.TakeChanged(true)
+	if len(lost) != 1 {
+		t.Fatalf("TakeChanged() = %d keys, want 1", len(lost))
+	}
+	allow(t, l, Request{Key: "a"})
+	l.TakeChanged(true) // the newer update, which arrived
+	l.Requeue("default", "a")
+	l.Requeue("default", "never-seen")
+	l.Requeue("no-such-policy", "a")
+	got := l.TakeChanged(true)
+	if len(got) != 1 || got[0].Key != "a" {
+		t.Fatalf("TakeChanged() after Requeue = %v, want key a only", got)
+	}
+	now, _ := l.State("default", "a")
+	if !bytes.Equal(got[0].State, now) || bytes.Equal(got[0].State, lost[0].State) {
+		t.Errorf("requeued state = %x, want the current %x, not the lost %x", got[0].State, now, lost[0].State)
 	}
 }

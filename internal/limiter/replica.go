@@ -44,6 +44,24 @@ func (l *Limiter) TakeChanged(encode bool) []KeyState {
 	return out
 }
 
+// Requeue queues a key for the next TakeChanged again, as if it had just
+// changed: for a replica update that may not have arrived. The next
+// TakeChanged encodes the key's state then, never an older one, so that a
+// lost update sent again cannot undo a newer one that did arrive. A key
+// this node no longer holds is left alone.
+func (l *Limiter) Requeue(policyName, key string) {
+	t := l.table(policyName)
+	if t == nil || !l.cfg.Replicate {
+		return
+	}
+	sh := t.shard(l.seed, key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := l.get(t, sh, key, false); e != nil && !e.gone {
+		l.markChanged(sh, e)
+	}
+}
+
 // Export returns the state of every key for which keep returns true (all
 // keys when keep is nil), for handing keys to other nodes.
 func (l *Limiter) Export(keep func(policy, key string) bool) []KeyState {

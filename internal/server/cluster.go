@@ -32,6 +32,7 @@ type peerNode interface {
 	ForwardWithin(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest, wait time.Duration) (*limiterv1.PeerDecision, error)
 	ForwardRelease(ctx context.Context, m cluster.Member, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error)
 	Replicate(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
+	ReplicateAsync(m cluster.Member, states []*limiterv1.KeyState, done func(lost []*limiterv1.KeyState, err error))
 	PushState(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
 	Fetch(ctx context.Context, m cluster.Member, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error)
 	Key(ctx context.Context, m cluster.Member, req *limiterv1.PeerKeyRequest) (*limiterv1.KeyInfo, error)
@@ -102,9 +103,6 @@ type Cluster struct {
 
 	syncMu    sync.Mutex
 	syncRetry map[string]time.Time // keys whose last sync nobody answered: no retry before
-
-	retryMu sync.Mutex
-	retry   map[string][]*limiterv1.KeyState // undelivered replica states, by member
 }
 
 // NewCluster prepares the cluster side of svc. Pass its OnChange and
@@ -649,56 +647,44 @@ func (c *Cluster) replicateLoop() {
 	for {
 		select {
 		case <-c.stop:
-			c.replicateOnce()
+			c.replicateOnce(true)
 			return
 		case <-t.C:
 		}
-		if c.replicateOnce() {
+		if c.replicateOnce(false) {
 			continue
 		}
 		t.Stop()
 		select {
 		case <-c.stop:
-			c.replicateOnce()
+			c.replicateOnce(true)
 			return
 		case <-c.lim.Changes():
 		}
-		c.replicateOnce()
+		c.replicateOnce(false)
 		t.Reset(c.cfg.ReplicationInterval)
 	}
 }
 
 // replicateOnce sends every key changed since the last call, one batch per
-// replica, and waits for the acknowledgements. It reports whether there was
-// anything to send, or still is (states a replica did not take).
-func (c *Cluster) replicateOnce() (busy bool) {
+// replica. The batches go without waiting (Node.ReplicateAsync: a replica
+// answers only failures, so a round costs it no write and this node no
+// wake-up for its answer), except in a final round (before stopping or
+// leaving), which waits for every replica's answer. States a replica may
+// not have are sent again next round (requeue). It reports whether there
+// was anything to send.
+func (c *Cluster) replicateOnce(final bool) (busy bool) {
 	select {
 	case <-c.lim.Changes(): // taken below; a key queued from here on leaves a new token
 	default:
 	}
 	changed := c.lim.TakeChanged(c.node.Ring().Len() > 1)
-	c.retryMu.Lock()
-	retry := c.retry
-	c.retry = nil
-	c.retryMu.Unlock()
-	if len(changed) == 0 && len(retry) == 0 {
+	if len(changed) == 0 {
 		return false
 	}
 	start := time.Now()
 	batches := map[string][]*limiterv1.KeyState{}
 	targets := map[string]cluster.Member{}
-	members := map[string]cluster.Member{}
-	for _, m := range c.node.Ring().Members() {
-		members[m.Name] = m
-	}
-	// States that could not be delivered last time go first, to members
-	// still in the ring; a newer state of the same key follows them.
-	for name, states := range retry {
-		if m, ok := members[name]; ok {
-			batches[name] = append(batches[name], states...)
-			targets[name] = m
-		}
-	}
 	for _, ks := range changed {
 		st := &limiterv1.KeyState{Policy: ks.Policy, Key: ks.Key, State: ks.State}
 		for _, m := range c.node.Replicas(ks.Key, c.node.ReplicaCount()) {
@@ -708,6 +694,23 @@ func (c *Cluster) replicateOnce() (busy bool) {
 			}
 		}
 	}
+	// The keys of states a replica may not have go again next round: a
+	// replica that missed a degraded decision would undercount when it
+	// owns the key.
+	sent := func(name string, lost []*limiterv1.KeyState, err error) {
+		if err != nil {
+			c.cfg.Logger.Debug("replicate", "member", name, "keys", len(lost), "err", err)
+			c.requeue(lost)
+			return
+		}
+		c.cfg.Metrics.ReplicationLag(time.Since(start))
+	}
+	if !final {
+		for name, states := range batches {
+			c.node.ReplicateAsync(targets[name], states, func(lost []*limiterv1.KeyState, err error) { sent(name, lost, err) })
+		}
+		return true
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -715,49 +718,24 @@ func (c *Cluster) replicateOnce() (busy bool) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := c.node.Replicate(ctx, targets[name], states); err != nil {
-				// Keep them for the next round: a replica that missed a
-				// degraded decision would undercount when it owns the key.
-				c.cfg.Logger.Debug("replicate", "member", name, "keys", len(states), "err", err)
-				c.requeue(name, states)
-				return
+			var lost []*limiterv1.KeyState
+			err := c.node.Replicate(ctx, targets[name], states)
+			if err != nil {
+				lost = states
 			}
-			c.cfg.Metrics.ReplicationLag(time.Since(start))
+			sent(name, lost, err)
 		}()
 	}
 	wg.Wait()
 	return true
 }
 
-// maxRetry bounds the undelivered states kept per member.
-const maxRetry = 100_000
-
-// requeue keeps states that a member did not get, newest per key, at most
-// maxRetry of them.
-func (c *Cluster) requeue(member string, states []*limiterv1.KeyState) {
-	c.retryMu.Lock()
-	defer c.retryMu.Unlock()
-	if c.retry == nil {
-		c.retry = map[string][]*limiterv1.KeyState{}
+// requeue has the keys of states a member may not have sent again in the
+// next round, with the state they have then (Limiter.Requeue).
+func (c *Cluster) requeue(states []*limiterv1.KeyState) {
+	for _, st := range states {
+		c.lim.Requeue(st.GetPolicy(), st.GetKey())
 	}
-	latest := make(map[string]*limiterv1.KeyState, len(states))
-	order := make([]string, 0, len(states))
-	for _, st := range append(c.retry[member], states...) {
-		k := st.GetPolicy() + "\x00" + st.GetKey()
-		if _, seen := latest[k]; !seen {
-			order = append(order, k)
-		}
-		latest[k] = st
-	}
-	if len(order) > maxRetry {
-		c.cfg.Logger.Warn("dropping undelivered replica states", "member", member, "keys", len(order)-maxRetry)
-		order = order[len(order)-maxRetry:]
-	}
-	out := make([]*limiterv1.KeyState, 0, len(order))
-	for _, k := range order {
-		out = append(out, latest[k])
-	}
-	c.retry[member] = out
 }
 
 // OnChange is the cluster.Config.OnChange callback: it starts a new
@@ -815,7 +793,7 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	c.leaving.Store(true)
 	c.gate.Lock()
 	defer c.gate.Unlock()
-	c.replicateOnce()
+	c.replicateOnce(true)
 	err := c.node.Leave(ctx)
 	moved := map[string][]*limiterv1.KeyState{}
 	owners := map[string]cluster.Member{}

@@ -46,6 +46,10 @@ func (f *fakePeers) Replicate(context.Context, cluster.Member, []*limiterv1.KeyS
 	return nil
 }
 
+func (f *fakePeers) ReplicateAsync(_ cluster.Member, _ []*limiterv1.KeyState, done func([]*limiterv1.KeyState, error)) {
+	done(nil, nil)
+}
+
 func (f *fakePeers) Fetch(_ context.Context, m cluster.Member, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error) {
 	f.mu.Lock()
 	down := f.noFetch[m.Name]
