@@ -25,7 +25,9 @@
 // With Config.WireAddr set, a node also serves the peer wire (wire.go) and
 // gossips its address: Allow batches and Replicate calls to members that
 // gossip one travel over one TCP connection per member, in frames of the
-// same messages, decided and answered on the connection's goroutine.
+// same messages, decided and answered on the connection's goroutine;
+// ReplicateAsync's updates there are answered only when they fail, and
+// confirmed by the member's next answer on the connection.
 // Everything else, and everything to members without a wire address, is
 // the gRPC service.
 //

@@ -365,3 +365,63 @@ func TestReplicateQuiet(t *testing.T) {
 		t.Errorf("broken connection: lost %v, err %v; want the state and ErrOwnerUnavailable", r.lost, r.err)
 	}
 }
+
+// TestReplicateQuietOlderPeer: a peer that does not know quiet updates
+// refuses the first one (Unimplemented), and gets answered updates from
+// then on, so a cluster can be upgraded one node at a time.
+func TestReplicateQuietOlderPeer(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	seen := make(chan frameType, 4)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		w := &frameWriter{c: c}
+		if _, err := readHello(r); err != nil || w.write(frameDone, 0, nil) != nil {
+			return
+		}
+		for {
+			typ, id, _, _, err := readFrame(r, nil)
+			if err != nil {
+				return
+			}
+			seen <- typ
+			if typ == frameReplicate {
+				_ = w.write(frameDone, id, nil)
+			} else {
+				_ = w.write(frameError, id, statusFrame(codes.Unimplemented, "peer wire frame type 6"))
+			}
+		}
+	}()
+	wc := newWireClient("old", lis.Addr().String(), nil, "", slog.New(slog.DiscardHandler), nil)
+	defer wc.close()
+	wc.confirmAfter = time.Hour
+	msg := &limiterv1.ReplicateRequest{States: []*limiterv1.KeyState{{Policy: "default", Key: "a"}}}
+	for i, want := range []codes.Code{codes.Unimplemented, codes.OK} {
+		got := make(chan error, 1)
+		wc.sendQuiet(msg, func(err error) { got <- err })
+		var err error
+		select {
+		case err = <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("update %d: no answer", i)
+		}
+		var re *RemoteError
+		switch {
+		case want == codes.OK && err != nil:
+			t.Errorf("update %d = %v, want it answered and applied", i, err)
+		case want != codes.OK && (!errors.As(err, &re) || re.Code != want):
+			t.Errorf("update %d = %v, want %v", i, err, want)
+		}
+	}
+	if a, b := <-seen, <-seen; a != frameReplicateQuiet || b != frameReplicate {
+		t.Errorf("older peer saw frame types %d, %d; want %d then %d", a, b, frameReplicateQuiet, frameReplicate)
+	}
+}

@@ -52,7 +52,7 @@ func New(keys func() float64) *Metrics {
 		}),
 		replLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "limiterd_replication_lag_seconds",
-			Help:    "Time from a state change on the owner to its replica batch being acknowledged.",
+			Help:    "Time from the start of a replication round to its replica batch being confirmed (on the peer wire by the replica's next answer, within about 50 ms).",
 			Buckets: []float64{1e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1, 5},
 		}),
 		flushTime: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -127,7 +127,7 @@ func (m *Metrics) BatchSize(n int) {
 	}
 }
 
-// ReplicationLag records how long a replica batch took to be acknowledged.
+// ReplicationLag records how long a replica batch took to be confirmed.
 func (m *Metrics) ReplicationLag(d time.Duration) {
 	if m != nil {
 		m.replLag.Observe(d.Seconds())
