@@ -69,6 +69,10 @@ const (
 	// wireQuietTimeout bounds waiting for the confirmation of quiet replica
 	// updates; past it they fail (and are sent again).
 	wireQuietTimeout = time.Second
+	// wireMaxQuiet bounds the quiet replica updates on a connection that
+	// the peer has not confirmed yet (at 10 ms a round and a confirmation
+	// within 50 ms, about 5 in the normal case).
+	wireMaxQuiet = 32
 )
 
 // frameType is the kind of a frame.
@@ -507,6 +511,15 @@ func (wc *wireClient) sendCall(call *wireCall) {
 	}
 	if call.typ == frameReplicateQuiet && wc.noQuiet {
 		call.typ = frameReplicate
+	}
+	if call.typ == frameReplicateQuiet && len(wc.quiet) >= wireMaxQuiet {
+		// The peer confirms nothing (frozen, or far behind): send it no
+		// more until it does, rather than fill its socket, on which a full
+		// buffer would hold up forwarded calls too. The caller sends the
+		// keys again later.
+		wc.mu.Unlock()
+		done(0, nil, fmt.Errorf("%w: %s has not confirmed %d replica updates", ErrOwnerUnavailable, wc.name, wireMaxQuiet))
+		return
 	}
 	wc.pending[id] = call
 	if call.typ == frameReplicateQuiet {

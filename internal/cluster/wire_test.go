@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"sync"
@@ -351,6 +352,31 @@ func TestReplicateQuiet(t *testing.T) {
 		func(lost []*limiterv1.KeyState, err error) { ch <- result{lost, err} })
 	if r := wait("an update on an idle connection", ch); r.err != nil {
 		t.Errorf("idle connection: err %v, want a confirmation", r.err)
+	}
+
+	// A peer that confirms nothing gets at most wireMaxQuiet updates; the
+	// next ones fail at once.
+	var backlog []chan result
+	for i := range wireMaxQuiet {
+		backlog = append(backlog, send(&limiterv1.KeyState{Policy: "default", Key: fmt.Sprint("q", i), State: []byte{1}, Version: 1}))
+	}
+	if r := wait("an update over the backlog", send(&limiterv1.KeyState{Policy: "default", Key: "over", State: []byte{1}, Version: 1})); !errors.Is(r.err, ErrOwnerUnavailable) || len(r.lost) != 1 {
+		t.Errorf("update over the backlog: lost %v, err %v; want it refused at once with ErrOwnerUnavailable", r.lost, r.err)
+	}
+	for i, ch := range backlog {
+		select {
+		case r := <-ch:
+			t.Fatalf("backlog update %d reported %v before anything confirmed it", i, r)
+		default:
+		}
+	}
+	if _, err := from.Forward(ctx, to.Self(), &limiterv1.AllowRequest{Key: "k"}); err != nil {
+		t.Fatalf("Forward() = %v", err)
+	}
+	for i, ch := range backlog {
+		if r := wait("a backlog update", ch); r.err != nil {
+			t.Errorf("backlog update %d: err %v, want it confirmed", i, r.err)
+		}
 	}
 
 	// The connection breaks before any confirmation: the states are lost.
