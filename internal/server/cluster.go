@@ -103,6 +103,9 @@ type Cluster struct {
 
 	syncMu    sync.Mutex
 	syncRetry map[string]time.Time // keys whose last sync nobody answered: no retry before
+
+	sendMu  sync.Mutex
+	sending map[string]bool // members a replica batch is being written to
 }
 
 // NewCluster prepares the cluster side of svc. Pass its OnChange and
@@ -706,8 +709,19 @@ func (c *Cluster) replicateOnce(final bool) (busy bool) {
 		c.cfg.Metrics.ReplicationLag(time.Since(start))
 	}
 	if !final {
+		// One goroutine per replica writes its batch, so that a replica
+		// whose connection is stuck (a write can take up to a second) holds
+		// up no other; while one still writes, that replica's keys wait for
+		// the next round, which keeps each replica's updates in order.
 		for name, states := range batches {
-			c.node.ReplicateAsync(targets[name], states, func(lost []*limiterv1.KeyState, err error) { sent(name, lost, err) })
+			if !c.startSend(name) {
+				c.requeue(states)
+				continue
+			}
+			go func() {
+				defer c.endSend(name)
+				c.node.ReplicateAsync(targets[name], states, func(lost []*limiterv1.KeyState, err error) { sent(name, lost, err) })
+			}()
 		}
 		return true
 	}
@@ -728,6 +742,27 @@ func (c *Cluster) replicateOnce(final bool) (busy bool) {
 	}
 	wg.Wait()
 	return true
+}
+
+// startSend claims the right to write a replica batch to member; false
+// while the last one is still being written.
+func (c *Cluster) startSend(member string) bool {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if c.sending[member] {
+		return false
+	}
+	if c.sending == nil {
+		c.sending = map[string]bool{}
+	}
+	c.sending[member] = true
+	return true
+}
+
+func (c *Cluster) endSend(member string) {
+	c.sendMu.Lock()
+	delete(c.sending, member)
+	c.sendMu.Unlock()
 }
 
 // requeue has the keys of states a member may not have sent again in the
