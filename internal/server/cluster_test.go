@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -28,6 +29,10 @@ type fakePeers struct {
 	noFetch   map[string]bool // members whose Fetch fails
 	noForward map[string]bool // members whose Forward fails
 	forwarded []string        // members Forward reached
+
+	replBlock  map[string]chan struct{} // ReplicateAsync to these members waits for a close
+	replicated map[string][]string      // keys ReplicateAsync got, by member
+	hung       int                      // ReplicateAsync calls waiting on replBlock
 }
 
 var errFakeDown = fmt.Errorf("fake: %w", cluster.ErrOwnerUnavailable)
@@ -46,8 +51,32 @@ func (f *fakePeers) Replicate(context.Context, cluster.Member, []*limiterv1.KeyS
 	return nil
 }
 
-func (f *fakePeers) ReplicateAsync(_ cluster.Member, _ []*limiterv1.KeyState, done func([]*limiterv1.KeyState, error)) {
+func (f *fakePeers) ReplicateAsync(m cluster.Member, states []*limiterv1.KeyState, done func([]*limiterv1.KeyState, error)) {
+	f.mu.Lock()
+	block := f.replBlock[m.Name]
+	if block != nil {
+		f.hung++
+	}
+	f.mu.Unlock()
+	if block != nil {
+		<-block // a write that hangs
+	}
+	f.mu.Lock()
+	if f.replicated == nil {
+		f.replicated = map[string][]string{}
+	}
+	for _, st := range states {
+		f.replicated[m.Name] = append(f.replicated[m.Name], st.GetKey())
+	}
+	f.mu.Unlock()
 	done(nil, nil)
+}
+
+// got reports whether ReplicateAsync gave member key.
+func (f *fakePeers) got(member, key string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Contains(f.replicated[member], key)
 }
 
 func (f *fakePeers) Fetch(_ context.Context, m cluster.Member, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error) {
@@ -209,5 +238,54 @@ func TestUnmergedOwnerDecidesWhenNoReplicaCan(t *testing.T) {
 	}
 	if c.lim.Synced(p.Name, key, 1) {
 		t.Error("the key is marked merged though no peer answered")
+	}
+}
+
+// TestStuckReplicaHoldsUpNoOther: while a write of replica updates to one
+// member hangs, the other member keeps getting its updates, and the stuck
+// member gets the keys it missed once it takes writes again.
+func TestStuckReplicaHoldsUpNoOther(t *testing.T) {
+	c, f, toR := startFakeCluster(t, policy.Policy{Name: "default", Limit: 100, Window: time.Minute})
+	toS := ""
+	for i := 0; toS == ""; i++ {
+		k := fmt.Sprintf("s%d", i)
+		if reps := f.ring.Replicas(k, 2); reps[0].Name == "x" && reps[1].Name == "s" {
+			toS = k
+		}
+	}
+	stuck := make(chan struct{})
+	unstick := sync.OnceFunc(func() { close(stuck) })
+	t.Cleanup(unstick) // before c.Stop, which waits for the replication loop
+	f.mu.Lock()
+	f.replBlock = map[string]chan struct{}{"r": stuck}
+	f.mu.Unlock()
+	ctx := context.Background()
+	allow := func(key string) {
+		t.Helper()
+		if _, err := c.allow(ctx, &limiterv1.AllowRequest{Key: key}); err != nil {
+			t.Fatalf("allow(%s) = %v", key, err)
+		}
+	}
+	allow(toR)
+	waitFor(t, 5*time.Second, "the write to r to hang", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.hung > 0
+	})
+	allow(toS)
+	waitFor(t, 5*time.Second, "s to get its update past the stuck r", func() bool { return f.got("s", toS) })
+	unstick()
+	waitFor(t, 5*time.Second, "r to get its key once it takes writes", func() bool { return f.got("r", toR) })
+}
+
+// waitFor polls cond until it holds, failing the test after d.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", d, what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
