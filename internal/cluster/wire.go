@@ -696,6 +696,7 @@ func (wc *wireClient) dial() {
 				queued = append(queued, call)
 			}
 		}
+		wc.dropQuiet(func(q *wireCall) bool { return q.conn == nil })
 		wc.mu.Unlock()
 		if !errors.Is(err, ErrClosed) {
 			wc.event(WireDialFailed)

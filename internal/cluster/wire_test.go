@@ -138,6 +138,20 @@ func TestWireDialFailedEvent(t *testing.T) {
 	if e := <-got; e != WireDialFailed {
 		t.Errorf("event = %q, want %q", e, WireDialFailed)
 	}
+	// A quiet update that waited for the failed dial fails with it, and
+	// does not stay counted against the connection.
+	wc.resetBackoff()
+	lost := make(chan error, 1)
+	wc.sendQuiet(&limiterv1.ReplicateRequest{}, func(err error) { lost <- err })
+	if err := <-lost; !errors.Is(err, ErrOwnerUnavailable) {
+		t.Errorf("quiet update to a dead address = %v, want ErrOwnerUnavailable", err)
+	}
+	wc.mu.Lock()
+	left := len(wc.quiet)
+	wc.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d quiet updates still unconfirmed after the dial failed, want 0", left)
+	}
 }
 
 // TestWireRefusesStrangers: a connection that does not start with a
