@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -376,7 +377,11 @@ type outcome[R any] struct {
 }
 
 // batcher coalesces calls to one peer, Nagle-style. A call goes at once
-// when no batch to the peer is in flight. Otherwise it waits in the buffer,
+// when no batch to the peer is in flight, after one yield of its goroutine
+// (runtime.Gosched, which returns at once when nothing else is ready to
+// run): calls arrive in bursts, several in one read of a client's
+// connection, and the rest of a burst joins the first call's batch, which
+// spares the peer a wake-up per call that joins. Otherwise it waits in the buffer,
 // and the buffer goes as soon as it holds size calls, the batch in flight
 // returns, or wait has passed since the first call in it, whichever comes
 // first. An idle peer thus costs no added latency, a busy one gets big
@@ -387,20 +392,48 @@ type batcher[Q, R any] struct {
 	// send answers every call of batch, then calls done; it may return
 	// before (the wire answers from the connection's reader).
 	send func(batch []*call[Q, R], done func())
+	// yield lets other goroutines run before the first call to an idle
+	// peer goes; nil is runtime.Gosched (tests replace it).
+	yield func()
 
 	mu       sync.Mutex
 	buf      []*call[Q, R]
 	inflight int
+	yielding bool   // a caller yields before sending the buffer
 	gen      uint64 // counts buffers taken, so a stale timer sends nothing
 }
 
 func (b *batcher[Q, R]) add(c *call[Q, R]) {
 	b.mu.Lock()
 	b.buf = append(b.buf, c)
-	if len(b.buf) >= b.size || b.inflight == 0 || b.wait <= 0 {
+	if b.inflight == 0 && !b.yielding && len(b.buf) < b.size && b.wait > 0 {
+		// Let the calls that are ready to run join this one first.
+		b.yielding = true
+		b.mu.Unlock()
+		if b.yield != nil {
+			b.yield()
+		} else {
+			runtime.Gosched()
+		}
+		b.mu.Lock()
+		b.yielding = false
+		if b.inflight > 0 || len(b.buf) == 0 {
+			b.mu.Unlock()
+			return
+		}
 		batch := b.take()
 		b.mu.Unlock()
 		b.start(batch)
+		return
+	}
+	if len(b.buf) >= b.size || (b.inflight == 0 && !b.yielding) || b.wait <= 0 {
+		batch := b.take()
+		b.mu.Unlock()
+		b.start(batch)
+		return
+	}
+	if b.inflight == 0 {
+		b.mu.Unlock() // the yielding caller sends it
 		return
 	}
 	if len(b.buf) == 1 {

@@ -164,6 +164,38 @@ func TestBatcher(t *testing.T) {
 	close(release)
 }
 
+// TestBatcherYield: the first call to an idle peer yields before it goes,
+// and the calls that run meanwhile join its batch, up to size.
+func TestBatcherYield(t *testing.T) {
+	type c = call[int, int]
+	for _, tt := range []struct {
+		name string
+		size int
+		want string
+	}{
+		{"calls during the yield join the first", 4, "[[1 2 3]]"},
+		{"a full buffer goes without waiting for the yield", 2, "[[1 2]]"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var sent [][]int
+			b := &batcher[int, int]{size: tt.size, wait: time.Hour}
+			b.send = func(batch []*c, _ func()) { // stays in flight
+				var ids []int
+				for _, x := range batch {
+					ids = append(ids, x.req)
+				}
+				sent = append(sent, ids)
+			}
+			add := func(id int) { b.add(&c{req: id, done: make(chan outcome[int], 1)}) }
+			b.yield = func() { add(2); add(3) } // what other goroutines do meanwhile
+			add(1)
+			if got := fmt.Sprint(sent); got != tt.want {
+				t.Errorf("sent %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
 func TestForwardDeadline(t *testing.T) { transports(t, testForwardDeadline) }
 
 func testForwardDeadline(t *testing.T, transport func(*Config)) {
