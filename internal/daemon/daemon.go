@@ -304,14 +304,12 @@ func (m *Main) Node() *cluster.Node { return m.node }
 // registers the Peer service. The node joins once the gRPC server serves.
 func (m *Main) startCluster() error {
 	cfg := m.cfg
-	m.glue = server.NewCluster(m.svc, m.lim, m.admin, server.ClusterConfig{
-		ReplicationInterval: cfg.ReplicationInterval,
-		SyncTimeout:         250 * time.Millisecond,
-		HandoffTimeout:      cfg.DrainTimeout,
-		FailoverAfter:       200 * time.Millisecond,
-		Metrics:             m.metrics,
-		Logger:              cfg.Logger,
-	})
+	gcfg := server.DefaultClusterConfig()
+	gcfg.ReplicationInterval = cfg.ReplicationInterval
+	gcfg.HandoffTimeout = cfg.DrainTimeout
+	gcfg.Metrics = m.metrics
+	gcfg.Logger = cfg.Logger
+	m.glue = server.NewCluster(m.svc, m.lim, m.admin, gcfg)
 	ccfg := cluster.DefaultConfig()
 	ccfg.NodeName = cfg.NodeName
 	ccfg.GossipAddr = cfg.GossipAddr

@@ -52,6 +52,9 @@ type ClusterConfig struct {
 	// replicas, in one batch per replica. After the owner dies, the hits it
 	// admitted in the last interval may be admitted again. Default 10ms.
 	ReplicationInterval time.Duration
+	// Now reports the time that replication rounds are timed by. Default
+	// time.Now; tests pass a fake.
+	Now func() time.Time
 	// SyncTimeout bounds fetching a key's state from its peers the first
 	// time this node decides it after a membership change. Default 250ms.
 	SyncTimeout time.Duration
@@ -69,7 +72,7 @@ type ClusterConfig struct {
 // DefaultClusterConfig returns a ClusterConfig with every field set.
 func DefaultClusterConfig() ClusterConfig {
 	return ClusterConfig{ReplicationInterval: 10 * time.Millisecond, SyncTimeout: 250 * time.Millisecond,
-		HandoffTimeout: 5 * time.Second, FailoverAfter: 200 * time.Millisecond, Logger: slog.Default()}
+		HandoffTimeout: 5 * time.Second, FailoverAfter: 200 * time.Millisecond, Now: time.Now, Logger: slog.Default()}
 }
 
 // Cluster makes a Service decide each key on its owner: it forwards calls
@@ -106,6 +109,10 @@ type Cluster struct {
 
 	sendMu  sync.Mutex
 	sending map[string]bool // members a replica batch is being written to
+
+	roundMu   sync.Mutex                 // held by the replication round under way
+	lastRound atomic.Int64               // Unix ns when the last round started
+	fallback  atomic.Pointer[time.Timer] // replicateLoop's timer
 }
 
 // NewCluster prepares the cluster side of svc. Pass its OnChange and
@@ -285,12 +292,22 @@ func (c *Cluster) forward(ctx context.Context, m cluster.Member, req *limiterv1.
 	return c.node.ForwardWithin(ctx, m, req, wait)
 }
 
-// allowOwned decides req here, first taking in the key's state from its
+// allowOwned decides req here (decideOwned), then runs a replication
+// round if one is due.
+func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p policy.Policy, anyway bool) (limiter.Result, error) {
+	res, err := c.decideOwned(ctx, req, p, anyway)
+	if err == nil {
+		c.replicateIfDue()
+	}
+	return res, err
+}
+
+// decideOwned decides req here, first taking in the key's state from its
 // peers if membership changed since this node last did. When some peer
 // did not answer (now, or at a try less than 4 × SyncTimeout ago) it
 // returns errUnsynced, so that a replica that did count the key's hits
 // meanwhile decides instead, unless anyway is set: the last resort.
-func (c *Cluster) allowOwned(ctx context.Context, req *limiterv1.AllowRequest, p policy.Policy, anyway bool) (limiter.Result, error) {
+func (c *Cluster) decideOwned(ctx context.Context, req *limiterv1.AllowRequest, p policy.Policy, anyway bool) (limiter.Result, error) {
 	c.gate.RLock()
 	defer c.gate.RUnlock()
 	if c.leaving.Load() {
@@ -436,14 +453,19 @@ func (c *Cluster) release(ctx context.Context, req *limiterv1.ReleaseRequest) (i
 }
 
 // releaseOwned ends a lease held here, unless this node is handing its
-// keys over.
+// keys over, then runs a replication round if one is due.
 func (c *Cluster) releaseOwned(ctx context.Context, lid limiter.LeaseID) (int64, error) {
 	c.gate.RLock()
-	defer c.gate.RUnlock()
 	if c.leaving.Load() {
+		c.gate.RUnlock()
 		return 0, errLeaving
 	}
-	return c.lim.ReleaseID(ctx, lid)
+	n, err := c.lim.ReleaseID(ctx, lid)
+	c.gate.RUnlock()
+	if err == nil {
+		c.replicateIfDue()
+	}
+	return n, err
 }
 
 // AllowLocal implements cluster.Handler: a peer forwarded req to this node
@@ -645,7 +667,9 @@ func (c *Cluster) members() []*limiterv1.Member {
 // second made up most of an idle node's CPU.
 func (c *Cluster) replicateLoop() {
 	defer c.done.Done()
-	t := time.NewTicker(c.cfg.ReplicationInterval)
+	iv := c.cfg.ReplicationInterval
+	t := time.NewTimer(iv)
+	c.fallback.Store(t)
 	defer t.Stop()
 	for {
 		select {
@@ -654,19 +678,58 @@ func (c *Cluster) replicateLoop() {
 			return
 		case <-t.C:
 		}
-		if c.replicateOnce(false) {
+		if wait := time.Duration(c.lastRound.Load() + int64(iv) - c.cfg.Now().UnixNano()); wait > 0 {
+			t.Reset(wait + iv) // a decision ran a round since; run the one after if none does
 			continue
 		}
-		t.Stop()
+		if c.round() {
+			t.Reset(2 * iv)
+			continue
+		}
+		// Nothing changed in a whole round: sleep until something does.
 		select {
 		case <-c.stop:
 			c.replicateOnce(true)
 			return
 		case <-c.lim.Changes():
 		}
-		c.replicateOnce(false)
-		t.Reset(c.cfg.ReplicationInterval)
+		c.round()
+		t.Reset(2 * iv)
 	}
+}
+
+// replicateIfDue runs a replication round on the calling goroutine, right
+// after a decision, once an interval has passed since the last round
+// began. On a node that decides calls, rounds thus ride on wake-ups it has
+// anyway, instead of a ticker's (replicateLoop's timer is pushed back each
+// time and fires only in a lull). Every decision made an interval or more
+// after the last round starts one, so the hits not yet sent are never more
+// than those of one interval, as with a ticker.
+func (c *Cluster) replicateIfDue() {
+	if c.cfg.Now().UnixNano()-c.lastRound.Load() < int64(c.cfg.ReplicationInterval) {
+		return
+	}
+	if c.round() {
+		if t := c.fallback.Load(); t != nil {
+			t.Reset(2 * c.cfg.ReplicationInterval)
+		}
+	}
+}
+
+// round runs one replication round (replicateOnce) unless one is under way
+// or the cluster stopped; it reports whether there may be more to send.
+func (c *Cluster) round() bool {
+	if !c.roundMu.TryLock() {
+		return true
+	}
+	defer c.roundMu.Unlock()
+	select {
+	case <-c.stop:
+		return false // Stop sends the last round
+	default:
+	}
+	c.lastRound.Store(c.cfg.Now().UnixNano())
+	return c.replicateOnce(false)
 }
 
 // replicateOnce sends every key changed since the last call, one batch per

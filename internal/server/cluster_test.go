@@ -135,7 +135,7 @@ func newTestLimiter(t *testing.T, p policy.Policy, now func() time.Time) *limite
 // startFakeCluster starts node x of a ring {x, r, s} and returns it with
 // its peers and a key that x owns with r as its first replica: the member
 // that decided the key while x was away.
-func startFakeCluster(t *testing.T, p policy.Policy) (*Cluster, *fakePeers, string) {
+func startFakeCluster(t *testing.T, p policy.Policy, opts ...func(*ClusterConfig)) (*Cluster, *fakePeers, string) {
 	t.Helper()
 	now := func() time.Time { return t0 }
 	var ms []cluster.Member
@@ -163,6 +163,9 @@ func startFakeCluster(t *testing.T, p policy.Policy) (*Cluster, *fakePeers, stri
 	}
 	ccfg := DefaultClusterConfig()
 	ccfg.SyncTimeout = time.Millisecond // retries after 4ms
+	for _, o := range opts {
+		o(&ccfg)
+	}
 	c := NewCluster(svc, lim, nil, ccfg)
 	c.Start(f, svc.NewGRPCServer())
 	c.Alone()
@@ -276,6 +279,86 @@ func TestStuckReplicaHoldsUpNoOther(t *testing.T) {
 	waitFor(t, 5*time.Second, "s to get its update past the stuck r", func() bool { return f.got("s", toS) })
 	unstick()
 	waitFor(t, 5*time.Second, "r to get its key once it takes writes", func() bool { return f.got("r", toR) })
+}
+
+// roundClock is a ClusterConfig.Now that a test moves on.
+type roundClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *roundClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *roundClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// keysReplicatedTo returns n keys that x owns with member as the replica.
+func keysReplicatedTo(f *fakePeers, member string, n int) []string {
+	var out []string
+	for i := 0; len(out) < n; i++ {
+		k := fmt.Sprintf("%s-%d", member, i)
+		if reps := f.ring.Replicas(k, 2); reps[0].Name == "x" && reps[1].Name == member {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// TestReplicationRidesOnDecisions: a decision made an interval or more
+// after the last replication round runs the next round itself, with every
+// key changed since, so a node that is deciding calls needs no timer to
+// replicate. The interval is an hour, so replicateLoop's timer cannot be
+// what sends them.
+func TestReplicationRidesOnDecisions(t *testing.T) {
+	clk := &roundClock{now: t0}
+	c, f, _ := startFakeCluster(t, policy.Policy{Name: "default", Limit: 100, Window: time.Minute}, func(cfg *ClusterConfig) {
+		cfg.ReplicationInterval = time.Hour
+		cfg.Now = clk.Now
+	})
+	keys := keysReplicatedTo(f, "r", 3)
+	allow := func(key string) {
+		t.Helper()
+		if _, err := c.allow(context.Background(), &limiterv1.AllowRequest{Key: key}); err != nil {
+			t.Fatalf("allow(%s) = %v", key, err)
+		}
+	}
+	allow(keys[0]) // no round yet: one is due at once
+	waitFor(t, 5*time.Second, "the first decision's round to reach r", func() bool { return f.got("r", keys[0]) })
+	allow(keys[1])
+	if got, want := c.lastRound.Load(), t0.UnixNano(); got != want {
+		t.Fatalf("a decision within the interval ran a round at %v; the last should be at %v", time.Unix(0, got), t0)
+	}
+	clk.add(time.Hour)
+	allow(keys[2])
+	waitFor(t, 5*time.Second, "the round an interval later to send both keys", func() bool {
+		return f.got("r", keys[1]) && f.got("r", keys[2])
+	})
+}
+
+// TestReplicationInLull: a key changed within an interval of the last
+// round, with no decision after it, is sent by replicateLoop's timer once
+// the interval has passed.
+func TestReplicationInLull(t *testing.T) {
+	clk := &roundClock{now: t0}
+	c, f, _ := startFakeCluster(t, policy.Policy{Name: "default", Limit: 100, Window: time.Minute}, func(cfg *ClusterConfig) {
+		cfg.ReplicationInterval = 5 * time.Millisecond
+		cfg.Now = clk.Now
+	})
+	keys := keysReplicatedTo(f, "r", 2)
+	for _, k := range keys {
+		if _, err := c.allow(context.Background(), &limiterv1.AllowRequest{Key: k}); err != nil {
+			t.Fatalf("allow(%s) = %v", k, err)
+		}
+	}
+	clk.add(5 * time.Millisecond)
+	waitFor(t, 5*time.Second, "the timer's round to send the last key", func() bool { return f.got("r", keys[1]) })
 }
 
 // waitFor polls cond until it holds, failing the test after d.
