@@ -401,6 +401,12 @@ type batcher[Q, R any] struct {
 	inflight int
 	yielding bool   // a caller yields before sending the buffer
 	gen      uint64 // counts buffers taken, so a stale timer sends nothing
+	// timer sends the buffer wait after its first call, unless the buffer
+	// went before; it is stopped then, so that it costs no goroutine (an
+	// AfterFunc runs its func on a new one) when the batch in flight
+	// returns first, as it mostly does.
+	timer    *time.Timer
+	timerGen uint64 // gen of the buffer the timer is for
 }
 
 func (b *batcher[Q, R]) add(c *call[Q, R]) {
@@ -437,8 +443,12 @@ func (b *batcher[Q, R]) add(c *call[Q, R]) {
 		return
 	}
 	if len(b.buf) == 1 {
-		gen := b.gen
-		time.AfterFunc(b.wait, func() { b.flush(gen) })
+		b.timerGen = b.gen
+		if b.timer == nil {
+			b.timer = time.AfterFunc(b.wait, b.flush)
+		} else {
+			b.timer.Reset(b.wait)
+		}
 	}
 	b.mu.Unlock()
 }
@@ -449,14 +459,17 @@ func (b *batcher[Q, R]) take() []*call[Q, R] {
 	batch := b.buf
 	b.buf = nil
 	b.gen++
+	if b.timer != nil {
+		b.timer.Stop()
+	}
 	b.inflight++
 	return batch
 }
 
 // flush sends the buffer when its timer fires, unless it went already.
-func (b *batcher[Q, R]) flush(gen uint64) {
+func (b *batcher[Q, R]) flush() {
 	b.mu.Lock()
-	if gen != b.gen || len(b.buf) == 0 {
+	if b.timerGen != b.gen || len(b.buf) == 0 {
 		b.mu.Unlock()
 		return
 	}
