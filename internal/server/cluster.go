@@ -111,8 +111,8 @@ type Cluster struct {
 	sending map[string]bool // members a replica batch is being written to
 
 	roundMu   sync.Mutex                 // held by the replication round under way
-	lastRound atomic.Int64               // Unix ns when the last round started
-	fallback  atomic.Pointer[time.Timer] // replicateLoop's timer
+	lastRound atomic.Int64               // Unix ns (cfg.Now) when the last round began
+	fallback  atomic.Pointer[time.Timer] // replicateLoop's timer, for lulls
 }
 
 // NewCluster prepares the cluster side of svc. Pass its OnChange and
@@ -660,11 +660,12 @@ func (c *Cluster) members() []*limiterv1.Member {
 	return out
 }
 
-// replicateLoop sends changed keys to their replicas every interval while
-// keys change. After an interval with nothing to send it stops ticking
-// until a key changes, and sends that change at once: every wake-up of an
-// idle process costs CPU (about 70 us on a small VM), and 100 of them a
-// second made up most of an idle node's CPU.
+// replicateLoop runs the replication rounds that decisions do not
+// (replicateIfDue): its timer fires an interval after a round was due and
+// none ran, in a lull after the last changes. After a round with nothing
+// to send it sleeps until a key changes: every wake-up of an idle process
+// costs CPU (about 70 us on a small VM), and 100 of them a second made up
+// most of an idle node's CPU.
 func (c *Cluster) replicateLoop() {
 	defer c.done.Done()
 	iv := c.cfg.ReplicationInterval

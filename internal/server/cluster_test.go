@@ -249,13 +249,7 @@ func TestUnmergedOwnerDecidesWhenNoReplicaCan(t *testing.T) {
 // member gets the keys it missed once it takes writes again.
 func TestStuckReplicaHoldsUpNoOther(t *testing.T) {
 	c, f, toR := startFakeCluster(t, policy.Policy{Name: "default", Limit: 100, Window: time.Minute})
-	toS := ""
-	for i := 0; toS == ""; i++ {
-		k := fmt.Sprintf("s%d", i)
-		if reps := f.ring.Replicas(k, 2); reps[0].Name == "x" && reps[1].Name == "s" {
-			toS = k
-		}
-	}
+	toS := keysReplicatedTo(f, "s", 1)[0]
 	stuck := make(chan struct{})
 	unstick := sync.OnceFunc(func() { close(stuck) })
 	t.Cleanup(unstick) // before c.Stop, which waits for the replication loop
