@@ -412,7 +412,9 @@ type batcher[Q, R any] struct {
 func (b *batcher[Q, R]) add(c *call[Q, R]) {
 	b.mu.Lock()
 	b.buf = append(b.buf, c)
-	if b.inflight == 0 && !b.yielding && len(b.buf) < b.size && b.wait > 0 {
+	waits := len(b.buf) < b.size && b.wait > 0 // may this buffer wait at all
+	switch {
+	case waits && b.inflight == 0 && !b.yielding:
 		// Let the calls that are ready to run join this one first.
 		b.yielding = true
 		b.mu.Unlock()
@@ -424,33 +426,25 @@ func (b *batcher[Q, R]) add(c *call[Q, R]) {
 		b.mu.Lock()
 		b.yielding = false
 		if b.inflight > 0 || len(b.buf) == 0 {
-			b.mu.Unlock()
+			b.mu.Unlock() // it went while this caller yielded
 			return
 		}
-		batch := b.take()
-		b.mu.Unlock()
-		b.start(batch)
-		return
-	}
-	if len(b.buf) >= b.size || (b.inflight == 0 && !b.yielding) || b.wait <= 0 {
-		batch := b.take()
-		b.mu.Unlock()
-		b.start(batch)
-		return
-	}
-	if b.inflight == 0 {
-		b.mu.Unlock() // the yielding caller sends it
-		return
-	}
-	if len(b.buf) == 1 {
-		b.timerGen = b.gen
-		if b.timer == nil {
-			b.timer = time.AfterFunc(b.wait, b.flush)
-		} else {
-			b.timer.Reset(b.wait)
+	case waits:
+		// A batch is in flight, or a caller yields and sends this buffer.
+		if b.inflight > 0 && len(b.buf) == 1 {
+			b.timerGen = b.gen
+			if b.timer == nil {
+				b.timer = time.AfterFunc(b.wait, b.flush)
+			} else {
+				b.timer.Reset(b.wait)
+			}
 		}
+		b.mu.Unlock()
+		return
 	}
+	batch := b.take()
 	b.mu.Unlock()
+	b.start(batch)
 }
 
 // take empties the buffer into a batch that is about to go; b.mu must be
