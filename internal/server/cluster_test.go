@@ -146,13 +146,7 @@ func startFakeCluster(t *testing.T, p policy.Policy, opts ...func(*ClusterConfig
 		noFetch: map[string]bool{}, noForward: map[string]bool{}}
 	f.peers["r"] = newTestLimiter(t, p, now)
 	f.peers["s"] = newTestLimiter(t, p, now)
-	key := ""
-	for i := 0; key == ""; i++ {
-		k := fmt.Sprintf("k%d", i)
-		if reps := f.ring.Replicas(k, 2); reps[0].Name == "x" && reps[1].Name == "r" {
-			key = k
-		}
-	}
+	key := keysReplicatedTo(f, "r", 1)[0]
 	lim := newTestLimiter(t, p, now)
 	cfg := DefaultConfig()
 	cfg.Decider = lim
