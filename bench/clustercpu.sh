@@ -77,7 +77,9 @@ for i in 1 2 3; do
 	g=127.0.0.1:$(free_port)
 	extra=(--node-name "n$i" --gossip-addr "$g")
 	[[ -z $seed ]] || extra+=(--join "$seed")
-	"$BIN" --grpc-addr 127.0.0.1:0 --http-addr "" --log-format json --config "$ROOT/bench/admit-all.yaml" \
+	http=""
+	[[ $i != 1 ]] || http=127.0.0.1:0
+	"$BIN" --grpc-addr 127.0.0.1:0 --http-addr "$http" --log-format json --config "$ROOT/bench/admit-all.yaml" \
 		--data-dir "$TMP/data-$i" "${extra[@]}" ${NODEFLAGS[@]+"${NODEFLAGS[@]}"} 2>"$TMP/n$i.log" &
 	PIDS+=($!)
 	addr=""
@@ -88,7 +90,10 @@ for i in 1 2 3; do
 		sleep 0.1
 	done
 	[[ -n $addr ]] || { echo "clustercpu: node $i did not serve" >&2; cat "$TMP/n$i.log" >&2; exit 1; }
-	[[ -n $first ]] || first=$addr
+	if [[ -z $first ]]; then
+		first=$addr
+		metrics=http://$(grep -o '"http":"[^"]*"' "$TMP/n$i.log" | head -1 | cut -d'"' -f4)/metrics
+	fi
 	[[ -n $seed ]] || seed=$g
 done
 # Gossip joins within a few hundred ms on loopback; ListMembers needs grpcurl.
@@ -104,6 +109,12 @@ ghz_run() {
 		-n "$1" -c "$C" -r "$RPS" -t 10s -O json "$first" >"$2"
 }
 ghz_run "$WARM" "$TMP/warmup.json"
+# batches: node 1's forwarded calls and the batches they went in (sum and
+# count of limiterd_forward_batch_size).
+batches() {
+	curl -s "$metrics" | awk '/^limiterd_forward_batch_size_sum/ { s += $2 } /^limiterd_forward_batch_size_count/ { c += $2 } END { print s + 0, c + 0 }'
+}
+read -r B0 N0 < <(batches)
 declare -a T0 S0 T1 S1
 for i in 0 1 2; do T0[i]=$(ticks "${PIDS[i]}"); S0[i]=$(switches "${PIDS[i]}"); done
 if [[ -n $PERF ]]; then
@@ -112,6 +123,7 @@ if [[ -n $PERF ]]; then
 fi
 ghz_run "$CALLS" "$TMP/run.json"
 for i in 0 1 2; do T1[i]=$(ticks "${PIDS[i]}"); S1[i]=$(switches "${PIDS[i]}"); done
+read -r B1 N1 < <(batches)
 if [[ -n $PERF ]]; then kill -INT "$PERFPID"; wait "$PERFPID" || true; fi
 
 hz=$(getconf CLK_TCK)
@@ -126,3 +138,4 @@ for i in 0 1 2; do
 done
 awk -v t="$tt" -v s="$ts" -v hz="$hz" -v c="$CALLS" -v r="$rps" \
 	'BEGIN { printf "%-8s %14.1f %16.2f   (%.0f req/s, %d calls at c='"$C"')\n", "total", t / hz * 1e6 / c, s / c, r, c }'
+awk -v b="$((B1 - B0))" -v n="$((N1 - N0))" 'BEGIN { if (n > 0) printf "node 1 forwarded %d calls in %d batches: %.2f calls a batch\n", b, n, b / n }'
