@@ -85,21 +85,28 @@ func (n *Node) Replicate(ctx context.Context, member Member, states []*limiterv1
 }
 
 // ReplicateAsync is Replicate without the wait, for the replication loop:
-// it returns at once and calls done once, with nil when member has applied
-// every state, or with the states it may not have and why. On the peer
-// wire the updates go quiet: member answers only a failure, and the next
-// answer it writes on the connection, for a forwarded batch or a
-// confirmation asked for after quietConfirmAfter, confirms them. That
-// spares member a write and this node a wake-up per update. done may run
-// on the connection's reader: it must not block.
-func (n *Node) ReplicateAsync(member Member, states []*limiterv1.KeyState, done func(lost []*limiterv1.KeyState, err error)) {
+// it returns at once, without waiting on the connection, calls written
+// once the states are written (or failed to be), and calls done once,
+// with nil when member has applied every state, or with the states it may
+// not have and why. On the peer wire the updates go quiet: member answers
+// only a failure, and the next answer it writes on the connection, for a
+// forwarded batch or a confirmation asked for after quietConfirmAfter,
+// confirms them. That spares member a write and this node a wake-up per
+// update. When the connection can take the update at once it is written
+// on the calling goroutine; otherwise (no connection yet, a write under
+// way, a full socket buffer, TLS, more than one chunk) on a goroutine of
+// its own. done and written may run on the connection's reader or on the
+// caller's goroutine before ReplicateAsync returns: they must not block.
+func (n *Node) ReplicateAsync(member Member, states []*limiterv1.KeyState, done func(lost []*limiterv1.KeyState, err error), written func()) {
 	p, err := n.fw.peer(member)
 	if err != nil {
 		done(states, fmt.Errorf("replicate %d keys to %s: %w", len(states), member.Name, err))
+		written()
 		return
 	}
 	if p.wire == nil {
 		go func() {
+			defer written()
 			ctx, cancel := context.WithTimeout(context.Background(), wireQuietTimeout)
 			defer cancel()
 			if err := n.Replicate(ctx, member, states); err != nil {
@@ -113,14 +120,15 @@ func (n *Node) ReplicateAsync(member Member, states []*limiterv1.KeyState, done 
 	parts := chunks(states)
 	if len(parts) == 0 {
 		done(nil, nil)
+		written()
 		return
 	}
 	var mu sync.Mutex
 	left := len(parts)
 	var lost []*limiterv1.KeyState
 	var first error
-	for _, chunk := range parts {
-		p.wire.sendQuiet(&limiterv1.ReplicateRequest{States: chunk}, func(err error) {
+	confirm := func(chunk []*limiterv1.KeyState) func(error) {
+		return func(err error) {
 			mu.Lock()
 			if err != nil {
 				lost = append(lost, chunk...)
@@ -137,8 +145,17 @@ func (n *Node) ReplicateAsync(member Member, states []*limiterv1.KeyState, done 
 				return
 			}
 			done(nil, nil)
-		})
+		}
 	}
+	if len(parts) == 1 && p.wire.trySendQuiet(&limiterv1.ReplicateRequest{States: parts[0]}, confirm(parts[0]), written) {
+		return
+	}
+	go func() {
+		defer written()
+		for _, chunk := range parts {
+			p.wire.sendQuiet(&limiterv1.ReplicateRequest{States: chunk}, confirm(chunk))
+		}
+	}()
 }
 
 // PushState hands keys to member, their new owner (for example before this

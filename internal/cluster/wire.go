@@ -71,8 +71,8 @@ const (
 	wireQuietTimeout = time.Second
 	// wireMaxQuiet bounds the quiet replica updates on a connection that
 	// the peer has not confirmed yet (at 10 ms a round and a confirmation
-	// within 50 ms, about 5 in the normal case).
-	wireMaxQuiet = 32
+	// within quietConfirmAfter, about 20 in the normal case).
+	wireMaxQuiet = 64
 )
 
 // frameType is the kind of a frame.
@@ -91,8 +91,10 @@ const (
 // quietConfirmAfter is how long a quiet replica update may wait for a
 // later answered request on its connection before the client asks for one
 // (an empty frameReplicate), so that an idle connection, too, learns what
-// arrived.
-const quietConfirmAfter = 50 * time.Millisecond
+// arrived. A confirmation costs both nodes a wake-up and only bounds what
+// a broken connection makes this node send again, so it is asked for
+// rarely.
+const quietConfirmAfter = 200 * time.Millisecond
 
 // errBadFrame marks input that is not the wire format.
 var errBadFrame = errors.New("cluster: bad peer wire frame")
@@ -207,6 +209,46 @@ func (w *frameWriter) writeSeq(typ frameType, id uint64, msg proto.Message, seq 
 		w.buf = nil // keep no rare large buffer
 	}
 	return err
+}
+
+// nowWriter is a connection that can write without waiting
+// (rawio.Conn).
+type nowWriter interface {
+	WriteNow(b []byte) (int, error)
+}
+
+// writeSeqNow is writeSeq for a caller that must not wait on the
+// connection, and it must be called with w.mu held, which it releases.
+// It writes what the socket takes at once. When that is not the whole
+// frame (the socket's buffer is full: the peer reads slowly or not at
+// all), a new goroutine writes the rest under the usual deadline, holding
+// w.mu until it is done, so that frames stay whole and in order. finish
+// gets the write's error once the whole frame is written or the write
+// failed; at once, unless the rest went to that goroutine.
+func (w *frameWriter) writeSeqNow(now nowWriter, typ frameType, id uint64, msg proto.Message, seq *atomic.Uint64, finish func(error)) {
+	var err error
+	if w.buf, err = appendFrame(w.buf[:0], typ, id, msg); err != nil {
+		w.mu.Unlock()
+		finish(err)
+		return
+	}
+	w.seq++
+	if seq != nil {
+		seq.Store(w.seq)
+	}
+	n, err := now.WriteNow(w.buf)
+	if err != nil || n == len(w.buf) {
+		w.mu.Unlock()
+		finish(err)
+		return
+	}
+	go func() {
+		_ = w.c.SetWriteDeadline(time.Now().Add(wireWriteTimeout))
+		_, err := w.c.Write(w.buf[n:])
+		w.buf = nil
+		w.mu.Unlock()
+		finish(err)
+	}()
 }
 
 // statusFrame is the payload of a frameError.
@@ -497,7 +539,7 @@ func (wc *wireClient) send(id uint64, typ frameType, msg proto.Message, done fun
 }
 
 func (wc *wireClient) sendCall(call *wireCall) {
-	id, done := call.id, call.done
+	done := call.done
 	wc.mu.Lock()
 	switch {
 	case wc.closed:
@@ -521,14 +563,7 @@ func (wc *wireClient) sendCall(call *wireCall) {
 		done(0, nil, fmt.Errorf("%w: %s has not confirmed %d replica updates", ErrOwnerUnavailable, wc.name, wireMaxQuiet))
 		return
 	}
-	wc.pending[id] = call
-	if call.typ == frameReplicateQuiet {
-		wc.quiet = append(wc.quiet, call)
-		if !wc.pinging {
-			wc.pinging = true
-			time.AfterFunc(wc.confirmAfter, wc.ping)
-		}
-	}
+	wc.addPending(call)
 	c := wc.conn
 	if c == nil {
 		if !wc.dialing {
@@ -541,6 +576,19 @@ func (wc *wireClient) sendCall(call *wireCall) {
 	call.conn = c
 	wc.mu.Unlock()
 	wc.write(c, call)
+}
+
+// addPending notes call as waiting for its answer and, for a quiet
+// update, for its confirmation; wc.mu is held.
+func (wc *wireClient) addPending(call *wireCall) {
+	wc.pending[call.id] = call
+	if call.typ == frameReplicateQuiet {
+		wc.quiet = append(wc.quiet, call)
+		if !wc.pinging {
+			wc.pinging = true
+			time.AfterFunc(wc.confirmAfter, wc.ping)
+		}
+	}
 }
 
 // write writes call, already pending on c, and notes its place on c.
@@ -562,12 +610,50 @@ func (wc *wireClient) write(c *wireConn, call *wireCall) bool {
 // quietConfirmAfter after the first unconfirmed update, to confirm them;
 // that one is bounded by wireQuietTimeout.
 func (wc *wireClient) sendQuiet(msg *limiterv1.ReplicateRequest, done func(error)) {
-	wc.sendCall(&wireCall{id: wc.newID(), typ: frameReplicateQuiet, msg: msg, done: func(t frameType, payload []byte, err error) {
+	wc.sendCall(&wireCall{id: wc.newID(), typ: frameReplicateQuiet, msg: msg, done: quietDone(wc.name, done)})
+}
+
+// quietDone adapts sendQuiet's done to a wireCall's.
+func quietDone(peer string, done func(error)) func(frameType, []byte, error) {
+	return func(t frameType, payload []byte, err error) {
 		if err == nil && t != frameDone {
-			err = answerError(wc.name, t, payload)
+			err = answerError(peer, t, payload)
 		}
 		done(err)
-	}})
+	}
+}
+
+// trySendQuiet is sendQuiet for a caller that must not wait: a
+// replication round run on the goroutine that answers a connection's
+// forwarded calls, which a peer that stopped reading must not hold up. It
+// returns false, having done nothing, unless the update can go out at
+// once: a connection is up and able to write without waiting (not TLS),
+// no other frame is being written on it, and sendQuiet would send it (the
+// client is open and the peer has confirmed enough). Otherwise it calls
+// written once the update is written or has failed, which is at once
+// unless the socket's buffer was full, and done as sendQuiet does.
+func (wc *wireClient) trySendQuiet(msg *limiterv1.ReplicateRequest, done func(error), written func()) bool {
+	wc.mu.Lock()
+	c := wc.conn
+	var now nowWriter
+	ok := c != nil && !wc.closed && !wc.noQuiet && len(wc.quiet) < wireMaxQuiet
+	if ok {
+		now, ok = c.c.(nowWriter)
+	}
+	if !ok || !c.w.mu.TryLock() {
+		wc.mu.Unlock()
+		return false
+	}
+	call := &wireCall{id: wc.newID(), typ: frameReplicateQuiet, msg: msg, conn: c, done: quietDone(wc.name, done)}
+	wc.addPending(call)
+	wc.mu.Unlock()
+	c.w.writeSeqNow(now, call.typ, call.id, call.msg, &call.seq, func(err error) {
+		if err != nil {
+			wc.broken(c, err)
+		}
+		written()
+	})
+	return true
 }
 
 // ping asks the peer to answer an empty replica update, which confirms the

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -309,7 +310,7 @@ func TestReplicateQuiet(t *testing.T) {
 	}
 	send := func(states ...*limiterv1.KeyState) chan result {
 		ch := make(chan result, 1)
-		from.ReplicateAsync(to.Self(), states, func(lost []*limiterv1.KeyState, err error) { ch <- result{lost, err} })
+		from.ReplicateAsync(to.Self(), states, func(lost []*limiterv1.KeyState, err error) { ch <- result{lost, err} }, func() {})
 		return ch
 	}
 	wait := func(what string, ch chan result) result {
@@ -363,7 +364,7 @@ func TestReplicateQuiet(t *testing.T) {
 	q.wire.confirmAfter = time.Millisecond
 	ch = make(chan result, 1)
 	idle.ReplicateAsync(to.Self(), []*limiterv1.KeyState{{Policy: "default", Key: "b", State: []byte{2}, Version: 1}},
-		func(lost []*limiterv1.KeyState, err error) { ch <- result{lost, err} })
+		func(lost []*limiterv1.KeyState, err error) { ch <- result{lost, err} }, func() {})
 	if r := wait("an update on an idle connection", ch); r.err != nil {
 		t.Errorf("idle connection: err %v, want a confirmation", r.err)
 	}
@@ -463,5 +464,113 @@ func TestReplicateQuietOlderPeer(t *testing.T) {
 	}
 	if a, b := <-seen, <-seen; a != frameReplicateQuiet || b != frameReplicate {
 		t.Errorf("older peer saw frame types %d, %d; want %d then %d", a, b, frameReplicateQuiet, frameReplicate)
+	}
+}
+
+// TestTrySendQuiet: a replica update goes out on the calling goroutine
+// while the connection takes it at once; to a peer that stops reading, the
+// frame the socket takes only part of is finished by a goroutine (written
+// comes later), the writer stays busy meanwhile (trySendQuiet declines),
+// and the peer gets every frame whole and in order once it reads again.
+func TestTrySendQuiet(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	release := make(chan struct{})
+	type frame struct {
+		typ frameType
+		id  uint64
+	}
+	frames := make(chan frame, 128)
+	go func() {
+		defer close(frames)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		if _, err := readHello(r); err != nil {
+			return
+		}
+		w := &frameWriter{c: c}
+		if w.write(frameDone, 0, nil) != nil {
+			return
+		}
+		<-release // stop reading until told
+		var buf []byte
+		for {
+			var typ frameType
+			var id uint64
+			if typ, id, _, buf, err = readFrame(r, buf); err != nil {
+				return
+			}
+			frames <- frame{typ, id}
+		}
+	}()
+	wc := newWireClient("peer", ln.Addr().String(), nil, "", slog.New(slog.DiscardHandler), nil)
+	wc.confirmAfter = time.Hour
+	defer wc.close()
+	small := &limiterv1.ReplicateRequest{States: []*limiterv1.KeyState{{Policy: "default", Key: "a", State: []byte{1}}}}
+	if wc.trySendQuiet(small, func(error) {}, func() {}) {
+		t.Fatal("trySendQuiet went ahead with no connection up")
+	}
+	wc.sendQuiet(small, func(error) {}) // dials
+	waitFor(t, 5*time.Second, "the connection", func() bool {
+		wc.mu.Lock()
+		defer wc.mu.Unlock()
+		return wc.conn != nil
+	})
+
+	big := &limiterv1.ReplicateRequest{States: []*limiterv1.KeyState{{Policy: "default", Key: "b", State: make([]byte, 1<<20)}}}
+	later := make(chan int, wireMaxQuiet)
+	inline, sent, declined := 0, 1, false
+	for i := 0; i < wireMaxQuiet-1 && !declined; i++ {
+		var returned, now atomic.Bool
+		ok := wc.trySendQuiet(big, func(error) {}, func() {
+			if returned.Load() {
+				later <- i
+			} else {
+				now.Store(true)
+			}
+		})
+		returned.Store(true)
+		if !ok {
+			declined = true
+			continue
+		}
+		sent++
+		if now.Load() {
+			inline++
+		}
+	}
+	if inline == 0 {
+		t.Error("no update was written on the calling goroutine")
+	}
+	if !declined {
+		t.Fatalf("trySendQuiet never declined: %d MiB sent to a peer that does not read", sent)
+	}
+	close(release)
+	select {
+	case <-later:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the frame the socket took part of was never finished")
+	}
+	var last uint64
+	for i := range sent {
+		select {
+		case f, ok := <-frames:
+			if !ok {
+				t.Fatalf("connection ended after %d of %d frames", i, sent)
+			}
+			if f.typ != frameReplicateQuiet || f.id <= last {
+				t.Fatalf("frame %d: type %d id %d after id %d; want quiet updates in order", i, f.typ, f.id, last)
+			}
+			last = f.id
+		case <-time.After(5 * time.Second):
+			t.Fatalf("got %d of %d frames", i, sent)
+		}
 	}
 }

@@ -60,6 +60,7 @@ type Conn struct {
 	wn    int
 	werr  error
 	wfunc func(fd uintptr) bool
+	nfunc func(fd uintptr) bool // WriteNow's
 }
 
 // syscallConn is what *net.TCPConn and *net.UnixConn share.
@@ -88,6 +89,7 @@ func Wrap(c net.Conn) net.Conn {
 	// allocate on every Read and Write.
 	w.rfunc = w.readFD
 	w.wfunc = w.writeFD
+	w.nfunc = w.writeNowFD
 	return w
 }
 
@@ -159,6 +161,47 @@ func (c *Conn) writeFD(fd uintptr) bool {
 			continue
 		case errno == syscall.EAGAIN:
 			return false // wait until writable, then go on
+		case errno != 0:
+			c.werr = os.NewSyscallError("write", errno)
+			return true
+		}
+		c.wn += int(n)
+	}
+	return true
+}
+
+// WriteNow writes as much of b as the socket takes without waiting, and
+// returns how much that was: less than len(b) (maybe 0) when its send
+// buffer is full, that is when the peer reads slower than it is sent to.
+// The error is the write's, not a full buffer's.
+func (c *Conn) WriteNow(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wbuf, c.wn, c.werr = b, 0, nil
+	var err error
+	if len(b) > 0 {
+		err = c.rc.Write(c.nfunc)
+	}
+	n, werr := c.wn, c.werr
+	c.wbuf = nil
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
+		err = c.opError("write", err)
+	}
+	return n, err
+}
+
+// writeNowFD is writeFD that stops at a full buffer instead of waiting.
+func (c *Conn) writeNowFD(fd uintptr) bool {
+	for c.wn < len(c.wbuf) {
+		n, errno := sysWrite(fd, c.wbuf[c.wn:])
+		switch {
+		case errno == syscall.EINTR:
+			continue
+		case errno == syscall.EAGAIN:
+			return true
 		case errno != 0:
 			c.werr = os.NewSyscallError("write", errno)
 			return true

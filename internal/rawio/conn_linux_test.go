@@ -242,3 +242,44 @@ func TestWrapLeavesOtherConns(t *testing.T) {
 		t.Fatal("a net.Pipe end was wrapped")
 	}
 }
+
+// TestWriteNowStopsAtFullBuffer writes to a peer that does not read until
+// the socket takes no more: WriteNow must then return short instead of
+// waiting, and every byte it reported written must arrive, in order.
+func TestWriteNowStopsAtFullBuffer(t *testing.T) {
+	client, server := pair(t, "tcp")
+	c := client.(*Conn)
+	chunk := make([]byte, 64<<10)
+	var sent bytes.Buffer
+	short := false
+	for i := 0; i < 4096 && !short; i++ { // 256 MiB at most: far over any socket buffer
+		for j := range chunk {
+			chunk[j] = byte(i + j)
+		}
+		n, err := c.WriteNow(chunk)
+		if err != nil {
+			t.Fatalf("WriteNow: %v", err)
+		}
+		sent.Write(chunk[:n])
+		short = n < len(chunk)
+	}
+	if !short {
+		t.Fatal("WriteNow never returned short to a peer that does not read")
+	}
+	want := sent.Bytes()
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(server, got); err != nil {
+		t.Fatalf("read what was sent: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("the peer read other bytes than WriteNow reported written")
+	}
+	// With room again it writes whole buffers.
+	if n, err := c.WriteNow([]byte("after")); err != nil || n != 5 {
+		t.Errorf("WriteNow after the peer read = %d, %v; want 5, nil", n, err)
+	}
+	client.Close()
+	if _, err := c.WriteNow([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("WriteNow on a closed conn = %v, want net.ErrClosed", err)
+	}
+}

@@ -32,7 +32,7 @@ type peerNode interface {
 	ForwardWithin(ctx context.Context, m cluster.Member, req *limiterv1.AllowRequest, wait time.Duration) (*limiterv1.PeerDecision, error)
 	ForwardRelease(ctx context.Context, m cluster.Member, req *limiterv1.ReleaseRequest) (*limiterv1.ReleaseResponse, error)
 	Replicate(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
-	ReplicateAsync(m cluster.Member, states []*limiterv1.KeyState, done func(lost []*limiterv1.KeyState, err error))
+	ReplicateAsync(m cluster.Member, states []*limiterv1.KeyState, done func(lost []*limiterv1.KeyState, err error), written func())
 	PushState(ctx context.Context, m cluster.Member, states []*limiterv1.KeyState) error
 	Fetch(ctx context.Context, m cluster.Member, refs []*limiterv1.KeyRef) ([]*limiterv1.KeyState, error)
 	Key(ctx context.Context, m cluster.Member, req *limiterv1.PeerKeyRequest) (*limiterv1.KeyInfo, error)
@@ -773,19 +773,20 @@ func (c *Cluster) replicateOnce(final bool) (busy bool) {
 		c.cfg.Metrics.ReplicationLag(time.Since(start))
 	}
 	if !final {
-		// One goroutine per replica writes its batch, so that a replica
-		// whose connection is stuck (a write can take up to a second) holds
-		// up no other; while one still writes, that replica's keys wait for
-		// the next round, which keeps each replica's updates in order.
+		// ReplicateAsync writes a replica's batch on this goroutine when
+		// its connection takes it at once, and on a goroutine of its own
+		// otherwise, so that a replica whose connection is stuck (a write
+		// can take up to a second) holds up no other, nor the forwarded
+		// calls this goroutine may be answering. While one batch is still
+		// being written, that replica's keys wait for the next round, which
+		// keeps each replica's updates in order.
 		for name, states := range batches {
 			if !c.startSend(name) {
 				c.requeue(states)
 				continue
 			}
-			go func() {
-				defer c.endSend(name)
-				c.node.ReplicateAsync(targets[name], states, func(lost []*limiterv1.KeyState, err error) { sent(name, lost, err) })
-			}()
+			c.node.ReplicateAsync(targets[name], states, func(lost []*limiterv1.KeyState, err error) { sent(name, lost, err) },
+				func() { c.endSend(name) })
 		}
 		return true
 	}

@@ -51,25 +51,33 @@ func (f *fakePeers) Replicate(context.Context, cluster.Member, []*limiterv1.KeyS
 	return nil
 }
 
-func (f *fakePeers) ReplicateAsync(m cluster.Member, states []*limiterv1.KeyState, done func([]*limiterv1.KeyState, error)) {
+func (f *fakePeers) ReplicateAsync(m cluster.Member, states []*limiterv1.KeyState, done func([]*limiterv1.KeyState, error), written func()) {
 	f.mu.Lock()
 	block := f.replBlock[m.Name]
 	if block != nil {
 		f.hung++
 	}
 	f.mu.Unlock()
-	if block != nil {
+	send := func() {
+		f.mu.Lock()
+		if f.replicated == nil {
+			f.replicated = map[string][]string{}
+		}
+		for _, st := range states {
+			f.replicated[m.Name] = append(f.replicated[m.Name], st.GetKey())
+		}
+		f.mu.Unlock()
+		done(nil, nil)
+		written()
+	}
+	if block == nil {
+		send() // the connection took it at once
+		return
+	}
+	go func() {
 		<-block // a write that hangs
-	}
-	f.mu.Lock()
-	if f.replicated == nil {
-		f.replicated = map[string][]string{}
-	}
-	for _, st := range states {
-		f.replicated[m.Name] = append(f.replicated[m.Name], st.GetKey())
-	}
-	f.mu.Unlock()
-	done(nil, nil)
+		send()
+	}()
 }
 
 // got reports whether ReplicateAsync gave member key.
