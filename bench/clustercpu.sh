@@ -18,13 +18,16 @@
 # (also `perf record -g` the three nodes during the measured run), --rps R
 # (ghz sends at most R calls a second: CPU per call falls as the rate, and
 # with it the batch size, rises, so A/B runs at one fixed rate compare the
-# change rather than the throughput it happened to reach). Flags
+# change rather than the throughput it happened to reach), --lb DURATION
+# (the measured run is cmd/limiterbench for DURATION instead of ghz: 64
+# workers on 4 connections, as in bench/loadtest.sh, at a throughput ghz
+# cannot reach here). Flags
 # after -- go to every node. Single runs vary by several µs per call: compare
 # pairs of runs, alternating A and B.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN="" CALLS=60000 WARM=10000 C=50 KEYS=10000 PERF="" RPS=0
+BIN="" CALLS=60000 WARM=10000 C=50 KEYS=10000 PERF="" RPS=0 LB=""
 while (($#)); do
 	case $1 in
 	--bin) BIN=$2; shift ;;
@@ -34,6 +37,7 @@ while (($#)); do
 	--keys) KEYS=$2; shift ;;
 	--perf) PERF=$2; shift ;;
 	--rps) RPS=$2; shift ;;
+	--lb) LB=$2; shift ;;
 	--) shift; break ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) echo "clustercpu: unknown argument $1 (try --help)" >&2; exit 2 ;;
@@ -61,6 +65,7 @@ if [[ -z $BIN ]]; then
 	(cd "$ROOT" && go build -o "$TMP/limiterd" ./cmd/limiterd)
 	BIN=$TMP/limiterd
 fi
+[[ -z $LB ]] || (cd "$ROOT" && go build -o "$TMP/limiterbench" ./cmd/limiterbench)
 
 free_port() {
 	local p
@@ -121,13 +126,20 @@ if [[ -n $PERF ]]; then
 	perf record -F 999 -g -o "$PERF" -p "$(IFS=,; echo "${PIDS[*]}")" 2>/dev/null &
 	PERFPID=$!
 fi
-ghz_run "$CALLS" "$TMP/run.json"
+if [[ -n $LB ]]; then
+	"$TMP/limiterbench" --addr "$first" --conns 4 --workers 64 --keys "$KEYS" --key-prefix "key-" \
+		--duration "$LB" --json >"$TMP/run.json"
+	CALLS=$(grep -o '"requests": [0-9]*' "$TMP/run.json" | awk '{ print $2 }')
+	C=64
+else
+	ghz_run "$CALLS" "$TMP/run.json"
+fi
 for i in 0 1 2; do T1[i]=$(ticks "${PIDS[i]}"); S1[i]=$(switches "${PIDS[i]}"); done
 read -r B1 N1 < <(batches)
 if [[ -n $PERF ]]; then kill -INT "$PERFPID"; wait "$PERFPID" || true; fi
 
 hz=$(getconf CLK_TCK)
-rps=$(grep -o '"rps":[0-9.]*' "$TMP/run.json" | cut -d: -f2)
+rps=$(grep -o '"rps": *[0-9.]*' "$TMP/run.json" | head -1 | sed 's/.*: *//')
 printf '%-8s %14s %16s\n' node "CPU us/call" "switches/call"
 tt=0 ts=0
 for i in 0 1 2; do
