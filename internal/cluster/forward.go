@@ -524,9 +524,8 @@ func inBackground[Q, R any](send func([]*call[Q, R])) func([]*call[Q, R], func()
 // ErrOwnerUnavailable and carries wait's deadline to the owner.
 func submit[Q, R any](ctx context.Context, b *batcher[Q, R], req Q, dflt time.Duration, peer string, wait time.Duration) (R, error) {
 	var zero R
-	what := "forward to " + peer
 	if err := ctx.Err(); err != nil {
-		return zero, ctxError(what, err)
+		return zero, ctxError("forward to "+peer, err)
 	}
 	now := time.Now()
 	deadline, ok := ctx.Deadline()
@@ -556,7 +555,7 @@ func submit[Q, R any](ctx context.Context, b *batcher[Q, R], req Q, dflt time.Du
 	case <-giveUp:
 		return zero, fmt.Errorf("%w: %s did not answer within %v", ErrOwnerUnavailable, peer, wait)
 	case <-ctx.Done():
-		return zero, ctxError(what, ctx.Err())
+		return zero, ctxError("forward to "+peer, ctx.Err())
 	}
 }
 

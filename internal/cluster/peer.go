@@ -89,13 +89,19 @@ func (s *peerServer) immediate(items []*limiterv1.PeerAllowItem) (inline []bool,
 // goroutine.
 func (s *peerServer) allowBatch(ctx context.Context, items []*limiterv1.PeerAllowItem, inline []bool) *limiterv1.PeerAllowBatchResponse {
 	results := make([]*limiterv1.PeerAllowResult, len(items))
+	// The results and their decision wrappers come in two allocations for
+	// the batch rather than two per item.
+	slab := make([]limiterv1.PeerAllowResult, len(items))
+	decided := make([]limiterv1.PeerAllowResult_Decision, len(items))
 	immediate := slices.Clone(inline)
 	run := func(i int) {
 		resp, st := runItem(ctx, items[i].GetTimeout(), items[i].GetRequest(), s.h.AllowLocal, immediate[i])
+		results[i] = &slab[i]
 		if st != nil {
-			results[i] = &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Status{Status: st}}
+			slab[i].Result = &limiterv1.PeerAllowResult_Status{Status: st}
 		} else {
-			results[i] = &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Decision{Decision: resp}}
+			decided[i].Decision = resp
+			slab[i].Result = &decided[i]
 		}
 	}
 	if len(items) == 1 {

@@ -82,9 +82,10 @@ func (l *Limiter) flush(ctx context.Context) (int, error) {
 	}
 	ops := l.pending
 	l.pending = nil
-	// One buffer holds every value of this flush: bbolt needs them only
-	// until the commit, and one allocation beats one per key.
-	var buf []byte
+	// One buffer holds every value of this flush: the store needs them
+	// only until Write returns, and one allocation beats one per key.
+	buf := l.flushBuf[:0]
+	l.flushBuf = nil
 	for _, t := range *l.tables.Load() {
 		for i := range t.shards {
 			sh := &t.shards[i]
@@ -128,12 +129,19 @@ func (l *Limiter) flush(ctx context.Context) (int, error) {
 		l.pending = ops // a later put of the same key comes after these, so it wins
 		return len(ops), fmt.Errorf("flush %d records: %w", len(ops), err)
 	}
+	if cap(buf) <= maxFlushBuf {
+		l.flushBuf = buf
+	}
 	if l.cfg.OnFlush != nil {
 		l.cfg.OnFlush(time.Since(start), len(ops))
 	}
 	l.evictLocked()
 	return len(ops), nil
 }
+
+// maxFlushBuf is the largest flush buffer kept for the next flush; a
+// rare burst of changes does not pin its buffer.
+const maxFlushBuf = 4 << 20
 
 // evictLocked pages keys out of memory down to 90% of MaxKeys. Only keys
 // whose state is in the store as it is in memory go: not dirty, no

@@ -463,3 +463,44 @@ func TestGetIndexesJournalLazily(t *testing.T) {
 		t.Fatalf("after WriteSync Get(c), Get(a) = %s, %s; want 2, 3", got, gotA)
 	}
 }
+
+// TestWriteKeepsNoOps: the limiter reuses one buffer for the keys and
+// values of every flush, which Write's contract allows. Whatever the
+// caller writes into its buffers after Write returns must not change what
+// was stored: journaled, folded, or with no journal at all.
+func TestWriteKeepsNoOps(t *testing.T) {
+	for _, jb := range []int{-1, 1 << 10, 4 << 20} {
+		t.Run(fmt.Sprintf("journal=%d", jb), func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.JournalBytes = jb
+			db := mustOpenConfig(t, cfg)
+			ctx := context.Background()
+			buf := make([]byte, 0, 4096)
+			want := map[string]string{}
+			for round := range 20 {
+				buf = buf[:0]
+				var ops []Op
+				for i := range 10 {
+					start := len(buf)
+					buf = fmt.Appendf(buf, "default\x00key-%d", (round*7+i)%30)
+					mid := len(buf)
+					buf = fmt.Appendf(buf, "value %d of round %d", i, round)
+					ops = append(ops, Op{Key: buf[start:mid:mid], Value: buf[mid:len(buf):len(buf)]})
+					want[string(buf[start:mid])] = string(buf[mid:])
+				}
+				if err := db.Write(ctx, KindState, ops); err != nil {
+					t.Fatal(err)
+				}
+				for i := range buf {
+					buf[i] = 'x' // the next flush's keys and values
+				}
+			}
+			for k, v := range want {
+				got, err := db.Get(KindState, []byte(k))
+				if err != nil || string(got) != v {
+					t.Fatalf("Get(%q) = %q, %v; want %q", k, got, err, v)
+				}
+			}
+		})
+	}
+}

@@ -148,7 +148,8 @@ func (db *DB) Path() string { return db.path }
 // write transaction runs. ctx is checked before and once the write lock is
 // held; a canceled ctx writes nothing. Once applying has started the
 // transaction runs to completion. Writing no ops is a no-op (no fsync).
-// Write is safe for concurrent use.
+// Write keeps no reference to ops or their slices once it returns, so the
+// caller may reuse them. Write is safe for concurrent use.
 func (db *DB) Write(ctx context.Context, kind Kind, ops []Op) error {
 	if err := db.checkWrite(ctx, kind, ops); err != nil {
 		return fmt.Errorf("store: write %d ops to %s: %w", len(ops), kind, err)
