@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -289,6 +290,9 @@ type peer struct {
 	onBatch func(n int)
 	allow   *batcher[*limiterv1.AllowRequest, *limiterv1.PeerDecision]
 	release *batcher[*limiterv1.ReleaseRequest, *limiterv1.ReleaseResponse]
+	// policy is the policy name of the last decision decoded from the
+	// peer wire (decodeAllowAnswers), whose string the next ones share.
+	policy atomic.Pointer[string]
 }
 
 // peer returns the client for m, connecting lazily; a changed gRPC address
@@ -658,19 +662,23 @@ func (p *peer) sendAllowWire(batch []*call[*limiterv1.AllowRequest, *limiterv1.P
 	})
 	p.wire.send(id, frameAllow, &limiterv1.PeerAllowBatchRequest{Items: items}, func(typ frameType, payload []byte, err error) {
 		timer.Stop()
-		var results []*limiterv1.PeerAllowResult
+		var answers []allowAnswer
 		switch {
 		case err != nil:
 		case typ == frameAllowResult:
-			var resp limiterv1.PeerAllowBatchResponse
-			if uerr := proto.Unmarshal(payload, &resp); uerr != nil {
-				err = fmt.Errorf("%w: %s sent an undecodable batch answer: %v", ErrOwnerUnavailable, p.name, uerr)
+			var derr error
+			if answers, derr = decodeAllowAnswers(payload, &p.policy); derr != nil {
+				err = fmt.Errorf("%w: %s sent an undecodable batch answer: %v", ErrOwnerUnavailable, p.name, derr)
 			}
-			results = resp.GetResults()
 		default:
 			err = answerError(p.name, typ, payload)
 		}
-		deliver(p.name, live, results, err, allowResult)
+		deliver(p.name, live, answers, err, func(a allowAnswer) (*limiterv1.PeerDecision, *limiterv1.ItemStatus) {
+			if a.decision != nil {
+				return a.decision, nil
+			}
+			return nil, statusOrMissing(a.status)
+		})
 		done()
 	})
 }

@@ -1,0 +1,112 @@
+package cluster
+
+import (
+	"sync/atomic"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
+)
+
+// allowAnswerSeeds are encoded PeerAllowBatchResponses: what owners send,
+// and the corners of the format that proto.Unmarshal has rules for.
+func allowAnswerSeeds() [][]byte {
+	dec := func(d *limiterv1.PeerDecision) *limiterv1.PeerAllowResult {
+		return &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Decision{Decision: d}}
+	}
+	st := func(code int32, msg string) *limiterv1.PeerAllowResult {
+		return &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Status{Status: &limiterv1.ItemStatus{Code: code, Message: msg}}}
+	}
+	full := &limiterv1.PeerDecision{Allowed: true, Code: -7, Policy: "default", Limit: 600, Remaining: 599, RetryAfterNs: -1,
+		ResetAfterNs: 300e9, LeaseId: "lease-1", MaxConcurrent: 10, InFlight: 3, Degraded: true, ShadowCode: 122}
+	typical, _ := proto.Marshal(&limiterv1.PeerAllowBatchResponse{Results: []*limiterv1.PeerAllowResult{
+		dec(full), dec(&limiterv1.PeerDecision{Code: 122, Policy: "default", Limit: 600}), st(4, "deadline"), {},
+		dec(&limiterv1.PeerDecision{Allowed: true, Policy: "other", Limit: 5, Remaining: 4}),
+	}})
+	one, _ := proto.Marshal(dec(full))
+	status, _ := proto.Marshal(st(14, "owner leaving"))
+	policy2 := protowire.AppendString(protowire.AppendTag(nil, fieldDecPolicy, protowire.BytesType), "second")
+	result := func(fields ...[]byte) []byte { // a PeerAllowResult of raw fields, as field 1 of a response
+		var r []byte
+		for _, f := range fields {
+			r = append(r, f...)
+		}
+		return protowire.AppendBytes(protowire.AppendTag(nil, fieldResults, protowire.BytesType), r)
+	}
+	field := func(num protowire.Number, msg []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), msg)
+	}
+	decBytes, _ := proto.Marshal(full)
+	stBytes, _ := proto.Marshal(&limiterv1.ItemStatus{Code: 5, Message: "x"})
+	return [][]byte{
+		typical,
+		{},
+		result(field(fieldResultDecision, decBytes), field(fieldResultDecision, policy2)),                                    // merged
+		result(field(fieldResultDecision, decBytes), field(fieldResultStatus, stBytes), field(fieldResultDecision, policy2)), // oneof switches
+		result(field(fieldResultStatus, stBytes), field(fieldResultStatus, []byte{0x08, 0x09})),
+		result(field(fieldResultDecision, []byte{0x1a, 0x01, 0xff})),                                   // policy not UTF-8
+		result(field(fieldResultStatus, []byte{0x12, 0x02, 0xc3, 0x28})),                               // message not UTF-8
+		result(field(fieldResultDecision, []byte{0x08})),                                               // truncated varint
+		result(field(fieldResultDecision, []byte{0x1d, 1, 2, 3, 4}), []byte{0x18, 0x05}),               // wrong wire types
+		append(result(field(fieldResultDecision, decBytes)), 0x7a, 0x01, 0x00, 0x23, 0x24, 0x10, 0x01), // unknown fields, a group
+		append(field(fieldResults, one), 0x0a),                                                         // truncated length
+		append(status, 0xff),                                                                           // a bad tag
+		append([]byte{0x0b}, typical...),
+	}
+}
+
+// FuzzDecodeAllowAnswers: decodeAllowAnswers agrees with proto.Unmarshal
+// (unknown fields discarded) on every input: both fail, or both succeed
+// with the same results.
+func FuzzDecodeAllowAnswers(f *testing.F) {
+	for _, s := range allowAnswerSeeds() {
+		f.Add(s)
+	}
+	var policy atomic.Pointer[string]
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want limiterv1.PeerAllowBatchResponse
+		werr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, &want)
+		got, err := decodeAllowAnswers(b, &policy)
+		if (err != nil) != (werr != nil) {
+			t.Fatalf("decodeAllowAnswers(%x) error %v; proto.Unmarshal error %v", b, err, werr)
+		}
+		if err != nil {
+			return
+		}
+		if len(got) != len(want.GetResults()) {
+			t.Fatalf("decodeAllowAnswers(%x): %d results, proto.Unmarshal %d", b, len(got), len(want.GetResults()))
+		}
+		for i, r := range want.GetResults() {
+			g := got[i]
+			if (g.decision == nil) != (r.GetDecision() == nil) || g.decision != nil && !proto.Equal(g.decision, r.GetDecision()) {
+				t.Fatalf("result %d of %x: decision %v, proto.Unmarshal %v", i, b, g.decision, r.GetDecision())
+			}
+			if (g.status == nil) != (r.GetStatus() == nil) || g.status != nil && !proto.Equal(g.status, r.GetStatus()) {
+				t.Fatalf("result %d of %x: status %v, proto.Unmarshal %v", i, b, g.status, r.GetStatus())
+			}
+		}
+	})
+}
+
+// TestDecodeAllowAnswersAllocs: a batch of decisions costs two
+// allocations whatever its size, the policy string none once seen.
+func TestDecodeAllowAnswersAllocs(t *testing.T) {
+	resp := &limiterv1.PeerAllowBatchResponse{}
+	for range 8 {
+		resp.Results = append(resp.Results, &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Decision{
+			Decision: &limiterv1.PeerDecision{Allowed: true, Policy: "default", Limit: 600, Remaining: 12, ResetAfterNs: 3e11}}})
+	}
+	b, err := proto.Marshal(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var policy atomic.Pointer[string]
+	if got, err := decodeAllowAnswers(b, &policy); err != nil || len(got) != 8 || got[7].decision.GetPolicy() != "default" {
+		t.Fatalf("decodeAllowAnswers = %v, %v", got, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = decodeAllowAnswers(b, &policy) }); n > 2 {
+		t.Errorf("decoding 8 decisions: %v allocations, want 2", n)
+	}
+}
