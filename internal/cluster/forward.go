@@ -610,6 +610,34 @@ func prepareBatch[Q, R, I any](peer string, batch []*call[Q, R], item func(Q, *d
 	return live, items, latest
 }
 
+// prepareAllowItems is prepareBatch for the peer wire's Allow batches: the
+// items and their timeouts come in two allocations per batch rather than
+// two per call.
+func prepareAllowItems(peer string, batch []*call[*limiterv1.AllowRequest, *limiterv1.PeerDecision]) (
+	live []*call[*limiterv1.AllowRequest, *limiterv1.PeerDecision], items []*limiterv1.PeerAllowItem, latest time.Time) {
+	now := time.Now()
+	live = make([]*call[*limiterv1.AllowRequest, *limiterv1.PeerDecision], 0, len(batch))
+	items = make([]*limiterv1.PeerAllowItem, 0, len(batch))
+	slab := make([]limiterv1.PeerAllowItem, len(batch))
+	timeouts := make([]durationpb.Duration, len(batch))
+	for _, c := range batch {
+		left := c.deadline.Sub(now)
+		if left <= 0 {
+			c.done <- outcome[*limiterv1.PeerDecision]{err: deadlineError("forward to "+peer, nil)}
+			continue
+		}
+		i := len(live)
+		live = append(live, c)
+		timeouts[i].Seconds, timeouts[i].Nanos = int64(left/time.Second), int32(left%time.Second)
+		slab[i].Request, slab[i].Timeout = c.req, &timeouts[i]
+		items = append(items, &slab[i])
+		if c.deadline.After(latest) {
+			latest = c.deadline
+		}
+	}
+	return live, items, latest
+}
+
 // deliver answers each call of live with its result, or all with err.
 func deliver[Q, R, P any](peer string, live []*call[Q, R], results []P, err error, result func(P) (R, *limiterv1.ItemStatus)) {
 	if err == nil && len(results) != len(live) {
@@ -651,7 +679,7 @@ func (p *peer) sendAllowWire(batch []*call[*limiterv1.AllowRequest, *limiterv1.P
 	if p.onBatch != nil {
 		p.onBatch(len(batch))
 	}
-	live, items, latest := prepareBatch(p.name, batch, allowItem)
+	live, items, latest := prepareAllowItems(p.name, batch)
 	if len(live) == 0 {
 		done()
 		return
