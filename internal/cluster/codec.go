@@ -45,17 +45,52 @@ var (
 	errFieldNumber = errors.New("invalid field number")
 )
 
-// consumeTag is protowire.ConsumeTag that also refuses field numbers over
-// protowire.MaxValidNumber, as proto.Unmarshal does.
-func consumeTag(b []byte) (protowire.Number, protowire.Type, int, error) {
+// field is one field of an encoded message: its number and wire type,
+// and its varint or its bytes (for BytesType).
+type field struct {
+	num    protowire.Number
+	typ    protowire.Type
+	varint uint64
+	bytes  []byte
+}
+
+// nextField consumes the field at the start of b and returns it and the
+// rest of b. Fields of other wire types than varint and bytes are skipped
+// over whole (their value is not returned). Errors are proto.Unmarshal's:
+// truncation, a bad tag, a field number over protowire.MaxValidNumber.
+func nextField(b []byte) (field, []byte, error) {
 	num, typ, k := protowire.ConsumeTag(b)
 	if k < 0 {
-		return 0, 0, k, protowire.ParseError(k)
+		return field{}, nil, protowire.ParseError(k)
 	}
 	if num > protowire.MaxValidNumber {
-		return 0, 0, -1, errFieldNumber
+		return field{}, nil, errFieldNumber
 	}
-	return num, typ, k, nil
+	f := field{num: num, typ: typ}
+	b = b[k:]
+	switch typ {
+	case protowire.VarintType:
+		f.varint, k = protowire.ConsumeVarint(b)
+	case protowire.BytesType:
+		f.bytes, k = protowire.ConsumeBytes(b)
+	default:
+		k = protowire.ConsumeFieldValue(num, typ, b)
+	}
+	if k < 0 {
+		return field{}, nil, protowire.ParseError(k)
+	}
+	return f, b[k:], nil
+}
+
+// is reports whether f is field num of wire type typ.
+func (f field) is(num protowire.Number, typ protowire.Type) bool { return f.num == num && f.typ == typ }
+
+// str returns f's bytes as a string field's, which must be UTF-8.
+func (f field) str() ([]byte, error) {
+	if !utf8.Valid(f.bytes) {
+		return nil, errInvalidUTF8
+	}
+	return f.bytes, nil
 }
 
 // decodeAllowAnswers decodes a PeerAllowBatchResponse as
@@ -71,32 +106,24 @@ func decodeAllowAnswers(b []byte, policy *atomic.Pointer[string]) ([]allowAnswer
 	// allocated at once.
 	n := 0
 	for rest := b; len(rest) > 0; {
-		num, typ, k, err := consumeTag(rest)
+		f, next, err := nextField(rest)
 		if err != nil {
 			return nil, err
 		}
-		rest = rest[k:]
-		if num == fieldResults && typ == protowire.BytesType {
+		if f.is(fieldResults, protowire.BytesType) {
 			n++
 		}
-		k = protowire.ConsumeFieldValue(num, typ, rest)
-		if k < 0 {
-			return nil, protowire.ParseError(k)
-		}
-		rest = rest[k:]
+		rest = next
 	}
 	out := make([]allowAnswer, 0, n)
 	decisions := make([]limiterv1.PeerDecision, n)
 	for len(b) > 0 {
-		num, typ, k, _ := consumeTag(b) // checked above
-		b = b[k:]
-		if num != fieldResults || typ != protowire.BytesType {
-			b = b[protowire.ConsumeFieldValue(num, typ, b):]
+		f, next, _ := nextField(b) // checked above
+		b = next
+		if !f.is(fieldResults, protowire.BytesType) {
 			continue
 		}
-		v, k := protowire.ConsumeBytes(b)
-		b = b[k:]
-		a, err := decodeAllowResult(v, &decisions[len(out)], policy)
+		a, err := decodeAllowResult(f.bytes, &decisions[len(out)], policy)
 		if err != nil {
 			return nil, fmt.Errorf("result %d: %w", len(out), err)
 		}
@@ -110,42 +137,30 @@ func decodeAllowAnswers(b []byte, policy *atomic.Pointer[string]) ([]allowAnswer
 func decodeAllowResult(b []byte, d *limiterv1.PeerDecision, policy *atomic.Pointer[string]) (allowAnswer, error) {
 	var a allowAnswer
 	for len(b) > 0 {
-		num, typ, k, err := consumeTag(b)
+		f, next, err := nextField(b)
 		if err != nil {
 			return a, err
 		}
-		b = b[k:]
-		if (num == fieldResultDecision || num == fieldResultStatus) && typ == protowire.BytesType {
-			v, k := protowire.ConsumeBytes(b)
-			if k < 0 {
-				return a, protowire.ParseError(k)
+		b = next
+		// A oneof member that appears again merges into the one decoded
+		// so far; after the other member it starts afresh.
+		switch {
+		case f.is(fieldResultDecision, protowire.BytesType):
+			if a.decision == nil {
+				*d = limiterv1.PeerDecision{}
+				a.decision, a.status = d, nil
 			}
-			b = b[k:]
-			// A oneof member that appears again merges into the one
-			// decoded so far; after the other member it starts afresh.
-			if num == fieldResultDecision {
-				if a.decision == nil {
-					*d = limiterv1.PeerDecision{}
-					a.decision, a.status = d, nil
-				}
-				if err := decodeDecision(v, d, policy); err != nil {
-					return a, fmt.Errorf("decision: %w", err)
-				}
-			} else {
-				if a.status == nil {
-					a.decision, a.status = nil, &limiterv1.ItemStatus{}
-				}
-				if err := decodeStatus(v, a.status); err != nil {
-					return a, fmt.Errorf("status: %w", err)
-				}
+			if err := decodeDecision(f.bytes, d, policy); err != nil {
+				return a, fmt.Errorf("decision: %w", err)
 			}
-			continue
+		case f.is(fieldResultStatus, protowire.BytesType):
+			if a.status == nil {
+				a.decision, a.status = nil, &limiterv1.ItemStatus{}
+			}
+			if err := decodeStatus(f.bytes, a.status); err != nil {
+				return a, fmt.Errorf("status: %w", err)
+			}
 		}
-		k = protowire.ConsumeFieldValue(num, typ, b)
-		if k < 0 {
-			return a, protowire.ParseError(k)
-		}
-		b = b[k:]
 	}
 	return a, nil
 }
@@ -153,19 +168,14 @@ func decodeAllowResult(b []byte, d *limiterv1.PeerDecision, policy *atomic.Point
 // decodeDecision merges the PeerDecision in b into d.
 func decodeDecision(b []byte, d *limiterv1.PeerDecision, policy *atomic.Pointer[string]) error {
 	for len(b) > 0 {
-		num, typ, k, err := consumeTag(b)
+		f, next, err := nextField(b)
 		if err != nil {
 			return err
 		}
-		b = b[k:]
-		switch {
-		case typ == protowire.VarintType && num >= fieldDecAllowed && num <= fieldDecShadowCode && num != fieldDecPolicy && num != fieldDecLeaseID:
-			v, k := protowire.ConsumeVarint(b)
-			if k < 0 {
-				return protowire.ParseError(k)
-			}
-			b = b[k:]
-			switch num {
+		b = next
+		if f.typ == protowire.VarintType {
+			v := f.varint
+			switch f.num {
 			case fieldDecAllowed:
 				d.Allowed = v != 0
 			case fieldDecCode:
@@ -187,33 +197,26 @@ func decodeDecision(b []byte, d *limiterv1.PeerDecision, policy *atomic.Pointer[
 			case fieldDecShadowCode:
 				d.ShadowCode = int32(v)
 			}
-		case typ == protowire.BytesType && (num == fieldDecPolicy || num == fieldDecLeaseID):
-			v, k := protowire.ConsumeBytes(b)
-			if k < 0 {
-				return protowire.ParseError(k)
-			}
-			b = b[k:]
-			if !utf8.Valid(v) {
-				return errInvalidUTF8
-			}
-			if num == fieldDecLeaseID {
-				d.LeaseId = string(v)
-				continue
-			}
-			if p := policy.Load(); p != nil && *p == string(v) {
-				d.Policy = *p
-				continue
-			}
-			s := string(v)
-			policy.Store(&s)
-			d.Policy = s
-		default:
-			k := protowire.ConsumeFieldValue(num, typ, b)
-			if k < 0 {
-				return protowire.ParseError(k)
-			}
-			b = b[k:]
+			continue
 		}
+		if f.typ != protowire.BytesType || f.num != fieldDecPolicy && f.num != fieldDecLeaseID {
+			continue
+		}
+		v, err := f.str()
+		if err != nil {
+			return err
+		}
+		if f.num == fieldDecLeaseID {
+			d.LeaseId = string(v)
+			continue
+		}
+		if p := policy.Load(); p != nil && *p == string(v) {
+			d.Policy = *p
+			continue
+		}
+		s := string(v)
+		policy.Store(&s)
+		d.Policy = s
 	}
 	return nil
 }
@@ -221,35 +224,20 @@ func decodeDecision(b []byte, d *limiterv1.PeerDecision, policy *atomic.Pointer[
 // decodeStatus merges the ItemStatus in b into st.
 func decodeStatus(b []byte, st *limiterv1.ItemStatus) error {
 	for len(b) > 0 {
-		num, typ, k, err := consumeTag(b)
+		f, next, err := nextField(b)
 		if err != nil {
 			return err
 		}
-		b = b[k:]
+		b = next
 		switch {
-		case num == fieldStatusCode && typ == protowire.VarintType:
-			v, k := protowire.ConsumeVarint(b)
-			if k < 0 {
-				return protowire.ParseError(k)
-			}
-			b = b[k:]
-			st.Code = int32(v)
-		case num == fieldStatusMessage && typ == protowire.BytesType:
-			v, k := protowire.ConsumeBytes(b)
-			if k < 0 {
-				return protowire.ParseError(k)
-			}
-			b = b[k:]
-			if !utf8.Valid(v) {
-				return errInvalidUTF8
+		case f.is(fieldStatusCode, protowire.VarintType):
+			st.Code = int32(f.varint)
+		case f.is(fieldStatusMessage, protowire.BytesType):
+			v, err := f.str()
+			if err != nil {
+				return err
 			}
 			st.Message = string(v)
-		default:
-			k := protowire.ConsumeFieldValue(num, typ, b)
-			if k < 0 {
-				return protowire.ParseError(k)
-			}
-			b = b[k:]
 		}
 	}
 	return nil

@@ -133,54 +133,22 @@ func (c *Conn) readFD(fd uintptr) bool {
 }
 
 // Write implements net.Conn: it writes all of b unless an error stops it.
-func (c *Conn) Write(b []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.wbuf, c.wn, c.werr = b, 0, nil
-	var err error
-	if len(b) > 0 {
-		err = c.rc.Write(c.wfunc)
-	}
-	n, werr := c.wn, c.werr
-	c.wbuf = nil
-	if err == nil {
-		err = werr
-	}
-	if err != nil {
-		err = c.opError("write", err)
-	}
-	return n, err
-}
-
-func (c *Conn) writeFD(fd uintptr) bool {
-	for c.wn < len(c.wbuf) {
-		rest := c.wbuf[c.wn:]
-		n, errno := sysWrite(fd, rest)
-		switch {
-		case errno == syscall.EINTR:
-			continue
-		case errno == syscall.EAGAIN:
-			return false // wait until writable, then go on
-		case errno != 0:
-			c.werr = os.NewSyscallError("write", errno)
-			return true
-		}
-		c.wn += int(n)
-	}
-	return true
-}
+func (c *Conn) Write(b []byte) (int, error) { return c.write(b, c.wfunc) }
 
 // WriteNow writes as much of b as the socket takes without waiting, and
 // returns how much that was: less than len(b) (maybe 0) when its send
 // buffer is full, that is when the peer reads slower than it is sent to.
 // The error is the write's, not a full buffer's.
-func (c *Conn) WriteNow(b []byte) (int, error) {
+func (c *Conn) WriteNow(b []byte) (int, error) { return c.write(b, c.nfunc) }
+
+// write writes b with f, writeFD or writeNowFD.
+func (c *Conn) write(b []byte, f func(fd uintptr) bool) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.wbuf, c.wn, c.werr = b, 0, nil
 	var err error
 	if len(b) > 0 {
-		err = c.rc.Write(c.nfunc)
+		err = c.rc.Write(f)
 	}
 	n, werr := c.wn, c.werr
 	c.wbuf = nil
@@ -193,15 +161,22 @@ func (c *Conn) WriteNow(b []byte) (int, error) {
 	return n, err
 }
 
+func (c *Conn) writeFD(fd uintptr) bool { return c.writeSome(fd, false) }
+
 // writeNowFD is writeFD that stops at a full buffer instead of waiting.
-func (c *Conn) writeNowFD(fd uintptr) bool {
+func (c *Conn) writeNowFD(fd uintptr) bool { return c.writeSome(fd, true) }
+
+// writeSome writes the rest of c.wbuf until it is all written, an error
+// stops it or the socket's buffer is full; then it returns false (wait
+// until writable, then go on) unless now is set.
+func (c *Conn) writeSome(fd uintptr, now bool) bool {
 	for c.wn < len(c.wbuf) {
 		n, errno := sysWrite(fd, c.wbuf[c.wn:])
 		switch {
 		case errno == syscall.EINTR:
 			continue
 		case errno == syscall.EAGAIN:
-			return true
+			return now
 		case errno != 0:
 			c.werr = os.NewSyscallError("write", errno)
 			return true
