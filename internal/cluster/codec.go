@@ -7,6 +7,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
@@ -208,15 +209,9 @@ func decodeDecision(b []byte, d *limiterv1.PeerDecision, policy *atomic.Pointer[
 		}
 		if f.num == fieldDecLeaseID {
 			d.LeaseId = string(v)
-			continue
+		} else {
+			d.Policy = intern(v, policy)
 		}
-		if p := policy.Load(); p != nil && *p == string(v) {
-			d.Policy = *p
-			continue
-		}
-		s := string(v)
-		policy.Store(&s)
-		d.Policy = s
 	}
 	return nil
 }
@@ -241,4 +236,137 @@ func decodeStatus(b []byte, st *limiterv1.ItemStatus) error {
 		}
 	}
 	return nil
+}
+
+// Field numbers of the messages decodeAllowItems reads (peer.proto,
+// limiter.proto, google/protobuf/duration.proto).
+const (
+	fieldItems        = 1 // PeerAllowBatchRequest.items
+	fieldItemRequest  = 1 // PeerAllowItem.request
+	fieldItemTimeout  = 2 // PeerAllowItem.timeout
+	fieldReqKey       = 1 // AllowRequest.key (no UTF-8 check: utf8_validation = NONE)
+	fieldReqPolicy    = 2
+	fieldReqHits      = 3
+	fieldReqDryRun    = 4
+	fieldReqRequestID = 5
+	fieldReqPath      = 6
+	fieldDurSeconds   = 1
+	fieldDurNanos     = 2
+)
+
+// decodeAllowItems decodes a PeerAllowBatchRequest's items as
+// proto.UnmarshalOptions{DiscardUnknown: true} does (FuzzDecodeAllowItems),
+// for the owner's connection reader: the items, their requests and their
+// timeouts come in three allocations per batch instead of three per item,
+// and the policy name, when the request has one, is shared through
+// *policy as in decodeAllowAnswers.
+func decodeAllowItems(b []byte, policy *atomic.Pointer[string]) ([]*limiterv1.PeerAllowItem, error) {
+	n := 0
+	for rest := b; len(rest) > 0; {
+		f, next, err := nextField(rest)
+		if err != nil {
+			return nil, err
+		}
+		if f.is(fieldItems, protowire.BytesType) {
+			n++
+		}
+		rest = next
+	}
+	out := make([]*limiterv1.PeerAllowItem, 0, n)
+	items := make([]limiterv1.PeerAllowItem, n)
+	reqs := make([]limiterv1.AllowRequest, n)
+	timeouts := make([]durationpb.Duration, n)
+	for len(b) > 0 {
+		f, next, _ := nextField(b) // checked above
+		b = next
+		if !f.is(fieldItems, protowire.BytesType) {
+			continue
+		}
+		i := len(out)
+		if err := decodeAllowItem(f.bytes, &items[i], &reqs[i], &timeouts[i], policy); err != nil {
+			return nil, fmt.Errorf("item %d: %w", i, err)
+		}
+		out = append(out, &items[i])
+	}
+	return out, nil
+}
+
+// decodeAllowItem decodes one PeerAllowItem into it; its request and
+// timeout, if present, go into req and timeout.
+func decodeAllowItem(b []byte, it *limiterv1.PeerAllowItem, req *limiterv1.AllowRequest, timeout *durationpb.Duration, policy *atomic.Pointer[string]) error {
+	for len(b) > 0 {
+		f, next, err := nextField(b)
+		if err != nil {
+			return err
+		}
+		b = next
+		switch {
+		case f.is(fieldItemRequest, protowire.BytesType):
+			it.Request = req // a message field that appears again merges
+			if err := decodeAllowRequest(f.bytes, req, policy); err != nil {
+				return fmt.Errorf("request: %w", err)
+			}
+		case f.is(fieldItemTimeout, protowire.BytesType):
+			it.Timeout = timeout
+			if err := decodeDuration(f.bytes, timeout); err != nil {
+				return fmt.Errorf("timeout: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// decodeAllowRequest merges the AllowRequest in b into req.
+func decodeAllowRequest(b []byte, req *limiterv1.AllowRequest, policy *atomic.Pointer[string]) error {
+	for len(b) > 0 {
+		f, next, err := nextField(b)
+		if err != nil {
+			return err
+		}
+		b = next
+		switch {
+		case f.is(fieldReqKey, protowire.BytesType):
+			req.Key = string(f.bytes)
+		case f.is(fieldReqPolicy, protowire.BytesType):
+			req.Policy = intern(f.bytes, policy)
+		case f.is(fieldReqHits, protowire.VarintType):
+			req.Hits = int64(f.varint)
+		case f.is(fieldReqDryRun, protowire.VarintType):
+			req.DryRun = f.varint != 0
+		case f.is(fieldReqRequestID, protowire.BytesType):
+			req.RequestId = string(f.bytes)
+		case f.is(fieldReqPath, protowire.BytesType):
+			req.Path = string(f.bytes)
+		}
+	}
+	return nil
+}
+
+// decodeDuration merges the google.protobuf.Duration in b into d.
+func decodeDuration(b []byte, d *durationpb.Duration) error {
+	for len(b) > 0 {
+		f, next, err := nextField(b)
+		if err != nil {
+			return err
+		}
+		b = next
+		switch {
+		case f.is(fieldDurSeconds, protowire.VarintType):
+			d.Seconds = int64(f.varint)
+		case f.is(fieldDurNanos, protowire.VarintType):
+			d.Nanos = int32(f.varint)
+		}
+	}
+	return nil
+}
+
+// intern returns b as a string, the one in *cache when it holds the same
+// bytes (then without allocating), and stores a new one there otherwise.
+func intern(b []byte, cache *atomic.Pointer[string]) string {
+	if p := cache.Load(); p != nil && *p == string(b) {
+		return *p
+	}
+	s := string(b)
+	cache.Store(&s)
+	return s
 }

@@ -1,11 +1,14 @@
 package cluster
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	limiterv1 "github.com/limiterd/limiterd/proto/limiter/v1"
 )
@@ -108,5 +111,86 @@ func TestDecodeAllowAnswersAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { _, _ = decodeAllowAnswers(b, &policy) }); n > 2 {
 		t.Errorf("decoding 8 decisions: %v allocations, want 2", n)
+	}
+}
+
+// allowItemSeeds are encoded PeerAllowBatchRequests, as forwarding nodes
+// send them and with the corners proto.Unmarshal has rules for.
+func allowItemSeeds() [][]byte {
+	typical, _ := proto.Marshal(&limiterv1.PeerAllowBatchRequest{Items: []*limiterv1.PeerAllowItem{
+		{Request: &limiterv1.AllowRequest{Key: "tenant:42:/invoices", Policy: "default", Hits: 3, DryRun: true, RequestId: "r-1", Path: "/v1/x"},
+			Timeout: durationpb.New(1500 * time.Millisecond)},
+		{Request: &limiterv1.AllowRequest{Key: "k"}, Timeout: durationpb.New(-time.Nanosecond)},
+		{Request: &limiterv1.AllowRequest{}},
+		{Timeout: &durationpb.Duration{}},
+		{},
+	}})
+	field := func(num protowire.Number, msg []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), msg)
+	}
+	item := func(fields ...[]byte) []byte {
+		var r []byte
+		for _, f := range fields {
+			r = append(r, f...)
+		}
+		return field(fieldItems, r)
+	}
+	req1, _ := proto.Marshal(&limiterv1.AllowRequest{Key: "a", Policy: "p", Hits: 1})
+	req2, _ := proto.Marshal(&limiterv1.AllowRequest{Key: "\xff\xfe not UTF-8", Path: "/b"})
+	dur, _ := proto.Marshal(durationpb.New(time.Second))
+	return [][]byte{
+		typical,
+		{},
+		item(field(fieldItemRequest, req1), field(fieldItemRequest, req2)), // merged, bytes not UTF-8
+		item(field(fieldItemTimeout, dur), field(fieldItemTimeout, []byte{0x10, 0x05})),
+		item(field(fieldItemRequest, []byte{0x18})),                         // truncated varint
+		item(field(fieldItemRequest, []byte{0x0d, 1, 2, 3, 4, 0x20, 0x02})), // wrong wire type, a bool of 2
+		append(item(field(fieldItemRequest, req1)), 0x7a, 0x01, 0x00, 0x23, 0x24, 0x10, 0x01),
+		append(field(fieldItems, req1), 0x0a), // truncated length
+		[]byte("\xd2\xd2\xd2\xd20\n0000000000"),
+	}
+}
+
+// FuzzDecodeAllowItems: decodeAllowItems agrees with proto.Unmarshal
+// (unknown fields discarded) on every input.
+func FuzzDecodeAllowItems(f *testing.F) {
+	for _, s := range allowItemSeeds() {
+		f.Add(s)
+	}
+	var policy atomic.Pointer[string]
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want limiterv1.PeerAllowBatchRequest
+		werr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, &want)
+		items, err := decodeAllowItems(b, &policy)
+		if (err != nil) != (werr != nil) {
+			t.Fatalf("decodeAllowItems(%x) error %v; proto.Unmarshal error %v", b, err, werr)
+		}
+		if err != nil {
+			return
+		}
+		if got := (&limiterv1.PeerAllowBatchRequest{Items: items}); !proto.Equal(got, &want) {
+			t.Fatalf("decodeAllowItems(%x) = %v; proto.Unmarshal %v", b, got, &want)
+		}
+	})
+}
+
+// TestDecodeAllowItemsAllocs: a batch costs three allocations for its
+// items and one per key, the policy string none once seen.
+func TestDecodeAllowItemsAllocs(t *testing.T) {
+	req := &limiterv1.PeerAllowBatchRequest{}
+	for i := range 8 {
+		req.Items = append(req.Items, &limiterv1.PeerAllowItem{Request: &limiterv1.AllowRequest{Key: fmt.Sprint("key-", i), Policy: "default"},
+			Timeout: durationpb.New(time.Second)})
+	}
+	b, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var policy atomic.Pointer[string]
+	if got, err := decodeAllowItems(b, &policy); err != nil || len(got) != 8 || got[7].GetRequest().GetKey() != "key-7" {
+		t.Fatalf("decodeAllowItems = %v, %v", got, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = decodeAllowItems(b, &policy) }); n > 4+8 {
+		t.Errorf("decoding 8 items: %v allocations, want 4 and one per key", n)
 	}
 }

@@ -376,6 +376,7 @@ func (s *wireServer) handle(raw net.Conn) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel() // ends the items still running for a peer that went away
 	var buf []byte
+	var policy atomic.Pointer[string] // the policy name of the last item (decodeAllowItems)
 	for {
 		var typ frameType
 		var id uint64
@@ -387,7 +388,7 @@ func (s *wireServer) handle(raw net.Conn) {
 			}
 			return
 		}
-		s.frame(ctx, w, typ, id, payload)
+		s.frame(ctx, w, typ, id, payload, &policy)
 	}
 }
 
@@ -395,20 +396,20 @@ func (s *wireServer) handle(raw net.Conn) {
 // (Handler.Immediate) and replica updates run here, on the connection's
 // goroutine; other batches get a goroutine of their own so that the
 // connection keeps reading.
-func (s *wireServer) frame(ctx context.Context, w *frameWriter, typ frameType, id uint64, payload []byte) {
+func (s *wireServer) frame(ctx context.Context, w *frameWriter, typ frameType, id uint64, payload []byte, policy *atomic.Pointer[string]) {
 	defer s.recover(w, id)
 	ps := s.ps.Load()
 	switch typ {
 	case frameAllow:
-		req := &limiterv1.PeerAllowBatchRequest{}
-		if err := proto.Unmarshal(payload, req); err != nil {
+		items, err := decodeAllowItems(payload, policy)
+		if err != nil {
 			s.answer(w, id, nil, statusFrame(codes.InvalidArgument, fmt.Sprintf("decode allow batch: %v", err)))
 			return
 		}
-		inline, all := ps.immediate(req.GetItems())
+		inline, all := ps.immediate(items)
 		run := func() {
 			defer s.recover(w, id)
-			s.answer(w, id, ps.allowBatch(ctx, req.GetItems(), inline), nil)
+			s.answer(w, id, ps.allowBatch(ctx, items, inline), nil)
 		}
 		if all {
 			run()

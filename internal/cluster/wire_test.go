@@ -262,7 +262,7 @@ func FuzzWireFrames(f *testing.F) {
 			if !bytes.Equal(again[4:], raw) {
 				t.Fatalf("frame %x re-encodes as %x", raw, again[4:])
 			}
-			s.frame(context.Background(), w, typ, id, payload)
+			s.frame(context.Background(), w, typ, id, payload, new(atomic.Pointer[string]))
 		}
 	})
 }
