@@ -83,6 +83,22 @@ func nextField(b []byte) (field, []byte, error) {
 	return f, b[k:], nil
 }
 
+// eachField calls fn with each field of the message in b, in order, and
+// stops at the first error, of decoding or of fn.
+func eachField(b []byte, fn func(field) error) error {
+	for len(b) > 0 {
+		f, next, err := nextField(b)
+		if err != nil {
+			return err
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
+		b = next
+	}
+	return nil
+}
+
 // is reports whether f is field num of wire type typ.
 func (f field) is(num protowire.Number, typ protowire.Type) bool { return f.num == num && f.typ == typ }
 
@@ -137,12 +153,7 @@ func decodeAllowAnswers(b []byte, policy *atomic.Pointer[string]) ([]allowAnswer
 // decision goes into d.
 func decodeAllowResult(b []byte, d *limiterv1.PeerDecision, policy *atomic.Pointer[string]) (allowAnswer, error) {
 	var a allowAnswer
-	for len(b) > 0 {
-		f, next, err := nextField(b)
-		if err != nil {
-			return a, err
-		}
-		b = next
+	err := eachField(b, func(f field) error {
 		// A oneof member that appears again merges into the one decoded
 		// so far; after the other member it starts afresh.
 		switch {
@@ -152,28 +163,24 @@ func decodeAllowResult(b []byte, d *limiterv1.PeerDecision, policy *atomic.Point
 				a.decision, a.status = d, nil
 			}
 			if err := decodeDecision(f.bytes, d, policy); err != nil {
-				return a, fmt.Errorf("decision: %w", err)
+				return fmt.Errorf("decision: %w", err)
 			}
 		case f.is(fieldResultStatus, protowire.BytesType):
 			if a.status == nil {
 				a.decision, a.status = nil, &limiterv1.ItemStatus{}
 			}
 			if err := decodeStatus(f.bytes, a.status); err != nil {
-				return a, fmt.Errorf("status: %w", err)
+				return fmt.Errorf("status: %w", err)
 			}
 		}
-	}
-	return a, nil
+		return nil
+	})
+	return a, err
 }
 
 // decodeDecision merges the PeerDecision in b into d.
 func decodeDecision(b []byte, d *limiterv1.PeerDecision, policy *atomic.Pointer[string]) error {
-	for len(b) > 0 {
-		f, next, err := nextField(b)
-		if err != nil {
-			return err
-		}
-		b = next
+	return eachField(b, func(f field) error {
 		if f.typ == protowire.VarintType {
 			v := f.varint
 			switch f.num {
@@ -198,10 +205,10 @@ func decodeDecision(b []byte, d *limiterv1.PeerDecision, policy *atomic.Pointer[
 			case fieldDecShadowCode:
 				d.ShadowCode = int32(v)
 			}
-			continue
+			return nil
 		}
 		if f.typ != protowire.BytesType || f.num != fieldDecPolicy && f.num != fieldDecLeaseID {
-			continue
+			return nil
 		}
 		v, err := f.str()
 		if err != nil {
@@ -212,18 +219,13 @@ func decodeDecision(b []byte, d *limiterv1.PeerDecision, policy *atomic.Pointer[
 		} else {
 			d.Policy = intern(v, policy)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // decodeStatus merges the ItemStatus in b into st.
 func decodeStatus(b []byte, st *limiterv1.ItemStatus) error {
-	for len(b) > 0 {
-		f, next, err := nextField(b)
-		if err != nil {
-			return err
-		}
-		b = next
+	return eachField(b, func(f field) error {
 		switch {
 		case f.is(fieldStatusCode, protowire.VarintType):
 			st.Code = int32(f.varint)
@@ -234,8 +236,8 @@ func decodeStatus(b []byte, st *limiterv1.ItemStatus) error {
 			}
 			st.Message = string(v)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // Field numbers of the messages decodeAllowItems reads (peer.proto,
@@ -294,12 +296,7 @@ func decodeAllowItems(b []byte, policy *atomic.Pointer[string]) ([]*limiterv1.Pe
 // decodeAllowItem decodes one PeerAllowItem into it; its request and
 // timeout, if present, go into req and timeout.
 func decodeAllowItem(b []byte, it *limiterv1.PeerAllowItem, req *limiterv1.AllowRequest, timeout *durationpb.Duration, policy *atomic.Pointer[string]) error {
-	for len(b) > 0 {
-		f, next, err := nextField(b)
-		if err != nil {
-			return err
-		}
-		b = next
+	return eachField(b, func(f field) error {
 		switch {
 		case f.is(fieldItemRequest, protowire.BytesType):
 			it.Request = req // a message field that appears again merges
@@ -312,18 +309,13 @@ func decodeAllowItem(b []byte, it *limiterv1.PeerAllowItem, req *limiterv1.Allow
 				return fmt.Errorf("timeout: %w", err)
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // decodeAllowRequest merges the AllowRequest in b into req.
 func decodeAllowRequest(b []byte, req *limiterv1.AllowRequest, policy *atomic.Pointer[string]) error {
-	for len(b) > 0 {
-		f, next, err := nextField(b)
-		if err != nil {
-			return err
-		}
-		b = next
+	return eachField(b, func(f field) error {
 		switch {
 		case f.is(fieldReqKey, protowire.BytesType):
 			req.Key = string(f.bytes)
@@ -338,26 +330,21 @@ func decodeAllowRequest(b []byte, req *limiterv1.AllowRequest, policy *atomic.Po
 		case f.is(fieldReqPath, protowire.BytesType):
 			req.Path = string(f.bytes)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // decodeDuration merges the google.protobuf.Duration in b into d.
 func decodeDuration(b []byte, d *durationpb.Duration) error {
-	for len(b) > 0 {
-		f, next, err := nextField(b)
-		if err != nil {
-			return err
-		}
-		b = next
+	return eachField(b, func(f field) error {
 		switch {
 		case f.is(fieldDurSeconds, protowire.VarintType):
 			d.Seconds = int64(f.varint)
 		case f.is(fieldDurNanos, protowire.VarintType):
 			d.Nanos = int32(f.varint)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // intern returns b as a string, the one in *cache when it holds the same
