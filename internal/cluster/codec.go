@@ -357,3 +357,106 @@ func intern(b []byte, cache *atomic.Pointer[string]) string {
 	cache.Store(&s)
 	return s
 }
+
+// appendAllowAnswers appends the encoding of a PeerAllowBatchResponse
+// holding results to b: the bytes of deterministic proto.Marshal
+// (TestAppendAllowAnswers), without its reflection over every field of
+// every decision, which was ~4% of an owner's CPU.
+func appendAllowAnswers(b []byte, results []*limiterv1.PeerAllowResult) []byte {
+	for _, r := range results {
+		b = protowire.AppendTag(b, fieldResults, protowire.BytesType)
+		switch {
+		case r.GetDecision() != nil:
+			d := r.GetDecision()
+			n := sizeDecision(d)
+			b = protowire.AppendVarint(b, uint64(protowire.SizeTag(fieldResultDecision)+protowire.SizeBytes(n)))
+			b = protowire.AppendTag(b, fieldResultDecision, protowire.BytesType)
+			b = protowire.AppendVarint(b, uint64(n))
+			b = appendDecision(b, d)
+		case r.GetStatus() != nil:
+			st := r.GetStatus()
+			n := sizeStatus(st)
+			b = protowire.AppendVarint(b, uint64(protowire.SizeTag(fieldResultStatus)+protowire.SizeBytes(n)))
+			b = protowire.AppendTag(b, fieldResultStatus, protowire.BytesType)
+			b = protowire.AppendVarint(b, uint64(n))
+			b = appendStatus(b, st)
+		default:
+			b = protowire.AppendVarint(b, 0)
+		}
+	}
+	return b
+}
+
+// decisionFields lists a PeerDecision's fields for sizeDecision and
+// appendDecision, in field order: each is a varint, or a string when s is
+// set; zero values are left out, as proto3 does.
+func decisionFields(d *limiterv1.PeerDecision, fn func(num protowire.Number, v uint64, s string)) {
+	fn(fieldDecAllowed, boolVarint(d.GetAllowed()), "")
+	fn(fieldDecCode, uint64(int64(d.GetCode())), "")
+	fn(fieldDecPolicy, 0, d.GetPolicy())
+	fn(fieldDecLimit, uint64(d.GetLimit()), "")
+	fn(fieldDecRemaining, uint64(d.GetRemaining()), "")
+	fn(fieldDecRetryAfterNs, uint64(d.GetRetryAfterNs()), "")
+	fn(fieldDecResetAfterNs, uint64(d.GetResetAfterNs()), "")
+	fn(fieldDecLeaseID, 0, d.GetLeaseId())
+	fn(fieldDecMaxConcurrent, uint64(d.GetMaxConcurrent()), "")
+	fn(fieldDecInFlight, uint64(d.GetInFlight()), "")
+	fn(fieldDecDegraded, boolVarint(d.GetDegraded()), "")
+	fn(fieldDecShadowCode, uint64(int64(d.GetShadowCode())), "")
+}
+
+func sizeDecision(d *limiterv1.PeerDecision) int {
+	n := 0
+	decisionFields(d, func(num protowire.Number, v uint64, s string) {
+		switch {
+		case s != "":
+			n += protowire.SizeTag(num) + protowire.SizeBytes(len(s))
+		case v != 0 && !isString(num):
+			n += protowire.SizeTag(num) + protowire.SizeVarint(v)
+		}
+	})
+	return n
+}
+
+func appendDecision(b []byte, d *limiterv1.PeerDecision) []byte {
+	decisionFields(d, func(num protowire.Number, v uint64, s string) {
+		switch {
+		case s != "":
+			b = protowire.AppendString(protowire.AppendTag(b, num, protowire.BytesType), s)
+		case v != 0 && !isString(num):
+			b = protowire.AppendVarint(protowire.AppendTag(b, num, protowire.VarintType), v)
+		}
+	})
+	return b
+}
+
+// isString reports whether PeerDecision field num is a string.
+func isString(num protowire.Number) bool { return num == fieldDecPolicy || num == fieldDecLeaseID }
+
+func boolVarint(v bool) uint64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+func sizeStatus(st *limiterv1.ItemStatus) int {
+	n := 0
+	if c := st.GetCode(); c != 0 {
+		n += protowire.SizeTag(fieldStatusCode) + protowire.SizeVarint(uint64(int64(c)))
+	}
+	if m := st.GetMessage(); m != "" {
+		n += protowire.SizeTag(fieldStatusMessage) + protowire.SizeBytes(len(m))
+	}
+	return n
+}
+
+func appendStatus(b []byte, st *limiterv1.ItemStatus) []byte {
+	if c := st.GetCode(); c != 0 {
+		b = protowire.AppendVarint(protowire.AppendTag(b, fieldStatusCode, protowire.VarintType), uint64(int64(c)))
+	}
+	if m := st.GetMessage(); m != "" {
+		b = protowire.AppendString(protowire.AppendTag(b, fieldStatusMessage, protowire.BytesType), m)
+	}
+	return b
+}

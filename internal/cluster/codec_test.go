@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -192,5 +194,47 @@ func TestDecodeAllowItemsAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { _, _ = decodeAllowItems(b, &policy) }); n > 4+8 {
 		t.Errorf("decoding 8 items: %v allocations, want 4 and one per key", n)
+	}
+}
+
+// TestAppendAllowAnswers: appendAllowAnswers writes the bytes of
+// deterministic proto.Marshal, for random batches of decisions, statuses
+// and empty results, every field zero or not, negative numbers included.
+func TestAppendAllowAnswers(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	num := func() int64 {
+		switch r.IntN(4) {
+		case 0:
+			return 0
+		case 1:
+			return -r.Int64N(1 << 40)
+		default:
+			return r.Int64N(1 << uint(r.IntN(63)))
+		}
+	}
+	str := func() string { return []string{"", "default", "tenant-é", "lease-01J"}[r.IntN(4)] }
+	for i := range 2000 {
+		resp := &limiterv1.PeerAllowBatchResponse{}
+		for range r.IntN(6) {
+			switch r.IntN(3) {
+			case 0:
+				resp.Results = append(resp.Results, &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Decision{Decision: &limiterv1.PeerDecision{
+					Allowed: r.IntN(2) == 0, Code: int32(num()), Policy: str(), Limit: num(), Remaining: num(), RetryAfterNs: num(),
+					ResetAfterNs: num(), LeaseId: str(), MaxConcurrent: num(), InFlight: num(), Degraded: r.IntN(2) == 0, ShadowCode: int32(num()),
+				}}})
+			case 1:
+				resp.Results = append(resp.Results, &limiterv1.PeerAllowResult{Result: &limiterv1.PeerAllowResult_Status{Status: &limiterv1.ItemStatus{
+					Code: int32(num()), Message: str()}}})
+			default:
+				resp.Results = append(resp.Results, &limiterv1.PeerAllowResult{})
+			}
+		}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendAllowAnswers(nil, resp.GetResults()); !bytes.Equal(got, want) {
+			t.Fatalf("case %d: appendAllowAnswers(%v) = %x, proto.Marshal %x", i, resp, got, want)
+		}
 	}
 }

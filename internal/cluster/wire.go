@@ -129,7 +129,11 @@ func appendFrame(b []byte, typ frameType, id uint64, msg proto.Message) ([]byte,
 	start := len(b)
 	b = append(b, 0, 0, 0, 0, byte(typ))
 	b = binary.BigEndian.AppendUint64(b, id)
-	if msg != nil {
+	switch m := msg.(type) {
+	case nil:
+	case *limiterv1.PeerAllowBatchResponse:
+		b = appendAllowAnswers(b, m.GetResults()) // an owner's every answer
+	default:
 		var err error
 		if b, err = (proto.MarshalOptions{}).MarshalAppend(b, msg); err != nil {
 			return b[:start], fmt.Errorf("cluster: encode peer wire frame: %w", err)
