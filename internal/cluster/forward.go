@@ -595,42 +595,17 @@ func prepareBatch[Q, R, I any](peer string, batch []*call[Q, R], item func(Q, *d
 	now := time.Now()
 	live = make([]*call[Q, R], 0, len(batch))
 	items = make([]I, 0, len(batch))
+	timeouts := make([]durationpb.Duration, len(batch)) // one allocation, not one per call
 	for _, c := range batch {
 		left := c.deadline.Sub(now)
 		if left <= 0 {
 			c.done <- outcome[R]{err: deadlineError("forward to "+peer, nil)}
 			continue
 		}
+		d := &timeouts[len(live)]
+		d.Seconds, d.Nanos = int64(left/time.Second), int32(left%time.Second)
 		live = append(live, c)
-		items = append(items, item(c.req, durationpb.New(left)))
-		if c.deadline.After(latest) {
-			latest = c.deadline
-		}
-	}
-	return live, items, latest
-}
-
-// prepareAllowItems is prepareBatch for the peer wire's Allow batches: the
-// items and their timeouts come in two allocations per batch rather than
-// two per call.
-func prepareAllowItems(peer string, batch []*call[*limiterv1.AllowRequest, *limiterv1.PeerDecision]) (
-	live []*call[*limiterv1.AllowRequest, *limiterv1.PeerDecision], items []*limiterv1.PeerAllowItem, latest time.Time) {
-	now := time.Now()
-	live = make([]*call[*limiterv1.AllowRequest, *limiterv1.PeerDecision], 0, len(batch))
-	items = make([]*limiterv1.PeerAllowItem, 0, len(batch))
-	slab := make([]limiterv1.PeerAllowItem, len(batch))
-	timeouts := make([]durationpb.Duration, len(batch))
-	for _, c := range batch {
-		left := c.deadline.Sub(now)
-		if left <= 0 {
-			c.done <- outcome[*limiterv1.PeerDecision]{err: deadlineError("forward to "+peer, nil)}
-			continue
-		}
-		i := len(live)
-		live = append(live, c)
-		timeouts[i].Seconds, timeouts[i].Nanos = int64(left/time.Second), int32(left%time.Second)
-		slab[i].Request, slab[i].Timeout = c.req, &timeouts[i]
-		items = append(items, &slab[i])
+		items = append(items, item(c.req, d))
 		if c.deadline.After(latest) {
 			latest = c.deadline
 		}
@@ -679,7 +654,14 @@ func (p *peer) sendAllowWire(batch []*call[*limiterv1.AllowRequest, *limiterv1.P
 	if p.onBatch != nil {
 		p.onBatch(len(batch))
 	}
-	live, items, latest := prepareAllowItems(p.name, batch)
+	// The items come in one allocation per batch rather than one per call.
+	slab := make([]limiterv1.PeerAllowItem, len(batch))
+	live, items, latest := prepareBatch(p.name, batch, func(q *limiterv1.AllowRequest, d *durationpb.Duration) *limiterv1.PeerAllowItem {
+		it := &slab[0]
+		slab = slab[1:]
+		it.Request, it.Timeout = q, d
+		return it
+	})
 	if len(live) == 0 {
 		done()
 		return

@@ -199,6 +199,21 @@ func (w *frameWriter) write(typ frameType, id uint64, msg proto.Message) error {
 func (w *frameWriter) writeSeq(typ frameType, id uint64, msg proto.Message, seq *atomic.Uint64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if err := w.encode(typ, id, msg, seq); err != nil {
+		return err
+	}
+	_ = w.c.SetWriteDeadline(time.Now().Add(wireWriteTimeout))
+	_, err := w.c.Write(w.buf)
+	if cap(w.buf) > 64<<10 {
+		w.buf = nil // keep no rare large buffer
+	}
+	return err
+}
+
+// encode puts the frame (typ, id, msg) in w.buf and, when seq is not nil,
+// stores there its place among the frames written on the connection;
+// w.mu is held.
+func (w *frameWriter) encode(typ frameType, id uint64, msg proto.Message, seq *atomic.Uint64) error {
 	var err error
 	if w.buf, err = appendFrame(w.buf[:0], typ, id, msg); err != nil {
 		return err
@@ -207,12 +222,7 @@ func (w *frameWriter) writeSeq(typ frameType, id uint64, msg proto.Message, seq 
 	if seq != nil {
 		seq.Store(w.seq)
 	}
-	_ = w.c.SetWriteDeadline(time.Now().Add(wireWriteTimeout))
-	_, err = w.c.Write(w.buf)
-	if cap(w.buf) > 64<<10 {
-		w.buf = nil // keep no rare large buffer
-	}
-	return err
+	return nil
 }
 
 // nowWriter is a connection that can write without waiting
@@ -230,15 +240,10 @@ type nowWriter interface {
 // gets the write's error once the whole frame is written or the write
 // failed; at once, unless the rest went to that goroutine.
 func (w *frameWriter) writeSeqNow(now nowWriter, typ frameType, id uint64, msg proto.Message, seq *atomic.Uint64, finish func(error)) {
-	var err error
-	if w.buf, err = appendFrame(w.buf[:0], typ, id, msg); err != nil {
+	if err := w.encode(typ, id, msg, seq); err != nil {
 		w.mu.Unlock()
 		finish(err)
 		return
-	}
-	w.seq++
-	if seq != nil {
-		seq.Store(w.seq)
 	}
 	n, err := now.WriteNow(w.buf)
 	if err != nil || n == len(w.buf) {
