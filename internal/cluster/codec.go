@@ -347,6 +347,96 @@ func decodeDuration(b []byte, d *durationpb.Duration) error {
 	})
 }
 
+// Field numbers of the messages decodeKeyStates reads (peer.proto).
+const (
+	fieldReplStates   = 1 // ReplicateRequest.states
+	fieldStatePolicy  = 1 // KeyState.policy
+	fieldStateKey     = 2 // KeyState.key
+	fieldStateState   = 3 // KeyState.state
+	fieldStateVersion = 4 // KeyState.version
+)
+
+// decodeKeyStates decodes a ReplicateRequest's states as
+// proto.UnmarshalOptions{DiscardUnknown: true} does (FuzzDecodeKeyStates),
+// for a replica's connection reader, which gets one update per key an owner
+// changed. protobuf-go's decoder costs four allocations per state (the
+// message, its policy, key and state); here a frame's states share six in
+// all, among them one string holding every key and one slice holding
+// every state. So a key of the result keeps the
+// string of all the frame's keys alive: a receiver that keeps a key must
+// keep a copy (the limiter does, for keys it has not seen). The policy is
+// shared through *policy as in decodeAllowAnswers. The result does not
+// alias b.
+func decodeKeyStates(b []byte, policy *atomic.Pointer[string]) ([]*limiterv1.KeyState, error) {
+	n, size := 0, 0
+	for rest := b; len(rest) > 0; {
+		f, next, err := nextField(rest)
+		if err != nil {
+			return nil, err
+		}
+		if f.is(fieldReplStates, protowire.BytesType) {
+			n++
+			size += len(f.bytes) // bounds the keys and states in it
+		}
+		rest = next
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	out := make([]*limiterv1.KeyState, n)
+	msgs := make([]limiterv1.KeyState, n)
+	type span struct{ key, keyEnd, state, stateEnd int }
+	spans := make([]span, n)
+	keys, states := make([]byte, 0, size), make([]byte, 0, size)
+	i := 0
+	for len(b) > 0 {
+		f, next, _ := nextField(b) // checked above
+		b = next
+		if !f.is(fieldReplStates, protowire.BytesType) {
+			continue
+		}
+		m, sp := &msgs[i], &spans[i]
+		err := eachField(f.bytes, func(f field) error {
+			switch {
+			case f.is(fieldStatePolicy, protowire.BytesType):
+				v, err := f.str()
+				if err != nil {
+					return fmt.Errorf("policy: %w", err)
+				}
+				m.Policy = intern(v, policy)
+			case f.is(fieldStateKey, protowire.BytesType):
+				v, err := f.str()
+				if err != nil {
+					return fmt.Errorf("key: %w", err)
+				}
+				sp.key = len(keys)
+				keys = append(keys, v...)
+				sp.keyEnd = len(keys)
+			case f.is(fieldStateState, protowire.BytesType):
+				sp.state = len(states)
+				states = append(states, f.bytes...)
+				sp.stateEnd = len(states)
+			case f.is(fieldStateVersion, protowire.VarintType):
+				m.Version = int64(f.varint)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("state %d: %w", i, err)
+		}
+		out[i] = m
+		i++
+	}
+	all := string(keys)
+	for i, sp := range spans {
+		msgs[i].Key = all[sp.key:sp.keyEnd]
+		if sp.stateEnd > sp.state {
+			msgs[i].State = states[sp.state:sp.stateEnd:sp.stateEnd]
+		}
+	}
+	return out, nil
+}
+
 // intern returns b as a string, the one in *cache when it holds the same
 // bytes (then without allocating), and stores a new one there otherwise.
 func intern(b []byte, cache *atomic.Pointer[string]) string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -236,5 +237,84 @@ func TestAppendAllowAnswers(t *testing.T) {
 		if got := appendAllowAnswers(nil, resp.GetResults()); !bytes.Equal(got, want) {
 			t.Fatalf("case %d: appendAllowAnswers(%v) = %x, proto.Marshal %x", i, resp, got, want)
 		}
+	}
+}
+
+func keyStateSeeds() [][]byte {
+	typical, _ := proto.Marshal(&limiterv1.ReplicateRequest{States: []*limiterv1.KeyState{
+		{Policy: "default", Key: "tenant:42:/invoices", State: []byte{2, 1, 2, 3}, Version: 7},
+		{Policy: "default", Key: "k", State: []byte{}},
+		{Key: "no policy"},
+		{},
+	}})
+	field := func(num protowire.Number, msg []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), msg)
+	}
+	state := func(fields ...[]byte) []byte {
+		var r []byte
+		for _, f := range fields {
+			r = append(r, f...)
+		}
+		return field(fieldReplStates, r)
+	}
+	return [][]byte{
+		typical,
+		{},
+		state(field(fieldStateKey, []byte("a")), field(fieldStateKey, []byte("bb")), field(fieldStateState, []byte{1}), field(fieldStateState, []byte{2, 3})), // last wins
+		state(field(fieldStateKey, []byte("\xff not UTF-8"))),
+		state(field(fieldStatePolicy, []byte("\xc3"))),
+		state([]byte{0x20, 0x80}),                               // truncated version
+		state([]byte{0x1d, 1, 2, 3, 4, 0x08, 0x01, 0x20, 0x05}), // wrong wire types
+		append(state(field(fieldStateKey, []byte("k"))), 0x7a, 0x01, 0x00, 0x23, 0x24, 0x10, 0x01),
+		append(field(fieldReplStates, []byte("x")), 0x0a), // truncated length
+		append(state(field(fieldStateKey, []byte("k1"))), state(field(fieldStateState, []byte{9}), field(fieldStatePolicy, []byte("p")))...),
+	}
+}
+
+// FuzzDecodeKeyStates: decodeKeyStates agrees with proto.Unmarshal
+// (unknown fields discarded) on every input.
+func FuzzDecodeKeyStates(f *testing.F) {
+	for _, s := range keyStateSeeds() {
+		f.Add(s)
+	}
+	var policy atomic.Pointer[string]
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want limiterv1.ReplicateRequest
+		werr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, &want)
+		in := slices.Clone(b)
+		states, err := decodeKeyStates(b, &policy)
+		if (err != nil) != (werr != nil) {
+			t.Fatalf("decodeKeyStates(%x) error %v; proto.Unmarshal error %v", b, err, werr)
+		}
+		if err != nil {
+			return
+		}
+		if got := (&limiterv1.ReplicateRequest{States: states}); !proto.Equal(got, &want) {
+			t.Fatalf("decodeKeyStates(%x) = %v; proto.Unmarshal %v", b, got, &want)
+		}
+		clear(b) // the result must not alias its input (a reused read buffer)
+		if got := (&limiterv1.ReplicateRequest{States: states}); !proto.Equal(got, &want) {
+			t.Fatalf("decodeKeyStates(%x) changed with its input", in)
+		}
+	})
+}
+
+// TestDecodeKeyStatesAllocs: a frame of states costs six allocations
+// whatever its size, the policy string none once seen.
+func TestDecodeKeyStatesAllocs(t *testing.T) {
+	req := &limiterv1.ReplicateRequest{}
+	for i := range 32 {
+		req.States = append(req.States, &limiterv1.KeyState{Policy: "default", Key: fmt.Sprint("key-", i), State: []byte{2, byte(i), 3}})
+	}
+	b, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var policy atomic.Pointer[string]
+	if got, err := decodeKeyStates(b, &policy); err != nil || len(got) != 32 || got[31].GetKey() != "key-31" || got[31].GetState()[1] != 31 {
+		t.Fatalf("decodeKeyStates = %v, %v", got, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = decodeKeyStates(b, &policy) }); n > 6 {
+		t.Errorf("decoding 32 states: %v allocations, want 6", n)
 	}
 }

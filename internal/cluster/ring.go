@@ -105,9 +105,13 @@ func (r *Ring) Owner(key string) (m Member, self bool) {
 // Replicas returns up to n members for key in hash order: the owner first,
 // then the members that would own key if those before them were gone.
 // n <= 0 returns nil.
-func (r *Ring) Replicas(key string, n int) []Member {
+func (r *Ring) Replicas(key string, n int) []Member { return r.AppendReplicas(nil, key, n) }
+
+// AppendReplicas appends what Replicas returns to dst, without allocating
+// when dst has room: the replication loop asks once per changed key.
+func (r *Ring) AppendReplicas(dst []Member, key string, n int) []Member {
 	if n <= 0 || r.Len() == 0 {
-		return nil
+		return dst
 	}
 	var kh uint64
 	if r.hash == nil {
@@ -117,25 +121,33 @@ func (r *Ring) Replicas(key string, n int) []Member {
 		i int
 		s uint64
 	}
-	all := make([]scored, len(r.members))
+	n = min(n, len(r.members))
+	var buf [8]scored
+	top := buf[:0]
+	if n > len(buf) {
+		top = make([]scored, 0, n)
+	}
+	// Insertion into the n best so far, highest score first; a tie keeps
+	// the earlier member first.
 	for i := range r.members {
-		all[i] = scored{i, r.score(i, key, kh)}
-	}
-	slices.SortStableFunc(all, func(a, b scored) int {
-		switch {
-		case a.s > b.s:
-			return -1
-		case a.s < b.s:
-			return 1
+		s := r.score(i, key, kh)
+		j := len(top)
+		for j > 0 && top[j-1].s < s {
+			j--
 		}
-		return 0
-	})
-	n = min(n, len(all))
-	out := make([]Member, n)
-	for j := range out {
-		out[j] = r.members[all[j].i]
+		if j >= n {
+			continue
+		}
+		if len(top) < n {
+			top = append(top, scored{})
+		}
+		copy(top[j+1:], top[j:len(top)-1])
+		top[j] = scored{i, s}
 	}
-	return out
+	for _, t := range top {
+		dst = append(dst, r.members[t.i])
+	}
+	return dst
 }
 
 // hashString is 64-bit FNV-1a.

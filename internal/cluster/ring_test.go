@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 )
 
@@ -165,5 +167,34 @@ func BenchmarkRingOwner(b *testing.B) {
 				r.Owner("tenant:42:/invoices")
 			}
 		})
+	}
+}
+
+// TestRingReplicasOrder checks Replicas against sorting every member by
+// score (highest first, ties in name order), with scores that often tie.
+func TestRingReplicasOrder(t *testing.T) {
+	tied := func(member, key string) uint64 { return hashString(member+"/"+key) % 4 }
+	for size := 1; size <= 12; size++ {
+		names := make([]string, size)
+		for i := range names {
+			names[i] = fmt.Sprintf("n%02d", i)
+		}
+		for _, hash := range []HashFunc{nil, tied} {
+			r := NewRing("", members(names...), hash)
+			for k := range 50 {
+				key := fmt.Sprint("key-", k)
+				all := r.Members()
+				slices.SortStableFunc(all, func(a, b Member) int {
+					return cmp.Compare(r.score(slices.Index(names, b.Name), key, hashString(key)),
+						r.score(slices.Index(names, a.Name), key, hashString(key)))
+				})
+				for n := 1; n <= size+1; n++ {
+					got := r.AppendReplicas(make([]Member, 0, 1), key, n)
+					if want := all[:min(n, size)]; !slices.Equal(got, want) {
+						t.Fatalf("%d members, Replicas(%q, %d) = %v, want %v", size, key, n, got, want)
+					}
+				}
+			}
+		}
 	}
 }

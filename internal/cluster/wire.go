@@ -385,7 +385,7 @@ func (s *wireServer) handle(raw net.Conn) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel() // ends the items still running for a peer that went away
 	var buf []byte
-	var policy atomic.Pointer[string] // the policy name of the last item (decodeAllowItems)
+	var policy atomic.Pointer[string] // the policy name last decoded (decodeAllowItems, decodeKeyStates)
 	for {
 		var typ frameType
 		var id uint64
@@ -428,12 +428,12 @@ func (s *wireServer) frame(ctx context.Context, w *frameWriter, typ frameType, i
 	case frameReplicate, frameReplicateQuiet:
 		// Applied here, before the next frame is read: the client counts
 		// on it to confirm quiet updates (wireClient.sendQuiet).
-		req := &limiterv1.ReplicateRequest{}
-		if err := proto.Unmarshal(payload, req); err != nil {
+		states, err := decodeKeyStates(payload, policy)
+		if err != nil {
 			s.answer(w, id, nil, statusFrame(codes.InvalidArgument, fmt.Sprintf("decode replicate: %v", err)))
 			return
 		}
-		if err := ps.h.ApplyReplica(ctx, req.GetStates()); err != nil {
+		if err := ps.h.ApplyReplica(ctx, states); err != nil {
 			st := status.Convert(toRPCStatus(err))
 			s.answer(w, id, nil, statusFrame(st.Code(), st.Message()))
 			return

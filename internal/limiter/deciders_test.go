@@ -5,6 +5,7 @@ import (
 	"context"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/limiterd/limiterd/internal/policy"
 
@@ -180,5 +181,35 @@ func TestRequeue(t *testing.T) {
 	now, _ := l.State("default", "a")
 	if !bytes.Equal(got[0].State, now) || bytes.Equal(got[0].State, lost[0].State) {
 		t.Errorf("requeued state = %x, want the current %x, not the lost %x", got[0].State, now, lost[0].State)
+	}
+}
+
+// TestMergeKeepsOwnKey: a replica keeps a key it has not seen under a
+// string of its own, not the caller's, which may be part of a whole
+// frame's keys (cluster's decodeKeyStates) that it would pin in memory.
+func TestMergeKeepsOwnKey(t *testing.T) {
+	clk := newClock()
+	owner := clusterNode(t, clk, nil)
+	replica := clusterNode(t, clk, nil)
+	allow(t, owner, Request{Key: "k1"})
+	st, _ := owner.State("default", "k1")
+	frame := "k1k2k3" // the keys of a frame, in one string
+	if err := replica.Merge(KeyState{Policy: "default", Key: frame[:2], State: st}, true, 0); err != nil {
+		t.Fatalf("Merge() error = %v", err)
+	}
+	sh := replica.table("default").shard(replica.seed, "k1")
+	sh.mu.Lock()
+	e := sh.m["k1"]
+	sh.mu.Unlock()
+	if e == nil {
+		t.Fatal("the replica holds no entry for k1")
+	}
+	if unsafe.StringData(e.key) == unsafe.StringData(frame) {
+		t.Error("the entry's key shares the caller's string")
+	}
+	for k := range sh.m {
+		if unsafe.StringData(k) == unsafe.StringData(frame) {
+			t.Error("the map's key shares the caller's string")
+		}
 	}
 }

@@ -215,7 +215,9 @@ type entry struct {
 }
 
 // get returns key's entry, reading it back from the store when keys have
-// been paged out, and creating it when create is set. sh.mu is held.
+// been paged out, and creating it when create is set. sh.mu is held. A
+// new entry keeps a copy of key, which may be part of a larger string (a
+// peer frame's keys: cluster's decodeKeyStates) that it must not pin.
 func (l *Limiter) get(t *table, sh *shard, key string, create bool) *entry {
 	if e := sh.m[key]; e != nil {
 		return e
@@ -224,6 +226,7 @@ func (l *Limiter) get(t *table, sh *shard, key string, create bool) *entry {
 		if v, err := l.cfg.Store.Get(store.KindState, storeKey(t.name, key)); err == nil {
 			var st window.State
 			if err := st.UnmarshalBinary(v); err == nil {
+				key = strings.Clone(key)
 				e := &entry{key: key, st: st}
 				sh.m[key] = e
 				return e
@@ -234,6 +237,7 @@ func (l *Limiter) get(t *table, sh *shard, key string, create bool) *entry {
 	if !create {
 		return nil
 	}
+	key = strings.Clone(key)
 	e := &entry{key: key}
 	sh.m[key] = e
 	return e

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/limiterd/limiterd/internal/window"
 )
@@ -24,6 +25,7 @@ func (l *Limiter) Changes() <-chan struct{} { return l.changes }
 // encode false it only clears the queue (no peer to send to).
 func (l *Limiter) TakeChanged(encode bool) []KeyState {
 	var out []KeyState
+	var buf []byte // the states of a round share one buffer
 	for _, t := range *l.tables.Load() {
 		for i := range t.shards {
 			sh := &t.shards[i]
@@ -34,8 +36,12 @@ func (l *Limiter) TakeChanged(encode bool) []KeyState {
 				if e.gone || !encode {
 					continue
 				}
-				v, _ := e.st.AppendBinaryFrom(nil, l.cfg.NodeID)
-				out = append(out, KeyState{Policy: t.name, Key: e.key, State: v})
+				if cap(buf)-len(buf) < maxStateGuess {
+					buf = make([]byte, 0, max(4096, 2*cap(buf)))
+				}
+				start := len(buf)
+				buf, _ = e.st.AppendBinaryFrom(buf, l.cfg.NodeID)
+				out = append(out, KeyState{Policy: t.name, Key: e.key, State: buf[start:len(buf):len(buf)]})
 			}
 			sh.replDirty = sh.replDirty[:0]
 			sh.mu.Unlock()
@@ -43,6 +49,11 @@ func (l *Limiter) TakeChanged(encode bool) []KeyState {
 	}
 	return out
 }
+
+// maxStateGuess is room for the encoding of most keys' state (a default
+// window takes ~70 bytes); a larger one makes its buffer grow, which
+// leaves earlier states in the old one, as they should be.
+const maxStateGuess = 512
 
 // Requeue queues a key for the next TakeChanged again, as if it had just
 // changed: for a replica update that may not have arrived. The next
@@ -99,6 +110,11 @@ func (l *Limiter) State(policyName, key string) ([]byte, bool) {
 	return v, true
 }
 
+// scratchStates holds the States Merge decodes copies into. MergeFrom
+// keeps nothing of its argument's memory, so a copy's ring is reused for
+// the next (a replica merges one copy per replicated key).
+var scratchStates = sync.Pool{New: func() any { return new(window.State) }}
+
 // Merge folds another node's copy of a key into this node's, per deciding
 // node (window.State.MergeFrom): hits both decided concurrently add up.
 // With replaceLeases the copy's leases replace this node's: a replica takes
@@ -113,9 +129,11 @@ func (l *Limiter) Merge(ks KeyState, replaceLeases bool, epoch uint64) error {
 	if err := ValidateKey(ks.Key); err != nil {
 		return err
 	}
-	var in window.State
+	var in *window.State
 	if len(ks.State) > 0 {
-		if err := in.UnmarshalBinary(ks.State); err != nil {
+		in = scratchStates.Get().(*window.State)
+		defer scratchStates.Put(in)
+		if err := in.UnmarshalBinaryReuse(ks.State); err != nil {
 			return fmt.Errorf("state of %q: %w", ks.Key, err)
 		}
 	}
@@ -125,7 +143,7 @@ func (l *Limiter) Merge(ks KeyState, replaceLeases bool, epoch uint64) error {
 	defer sh.mu.Unlock()
 	e := l.get(t, sh, ks.Key, true)
 	if len(ks.State) > 0 {
-		e.st.MergeFrom(&c.rate, &in, replaceLeases, l.cfg.NodeID)
+		e.st.MergeFrom(&c.rate, in, replaceLeases, l.cfg.NodeID)
 		l.markDirty(sh, e)
 	}
 	e.synced = max(e.synced, epoch)

@@ -25,6 +25,7 @@ type peerNode interface {
 	Name() string
 	Owner(key string) (cluster.Member, bool)
 	Replicas(key string, n int) []cluster.Member
+	AppendReplicas(dst []cluster.Member, key string, n int) []cluster.Member
 	ReplicaCount() int
 	Ring() *cluster.Ring
 	Members() []cluster.Member
@@ -752,10 +753,15 @@ func (c *Cluster) replicateOnce(final bool) (busy bool) {
 	start := time.Now()
 	batches := map[string][]*limiterv1.KeyState{}
 	targets := map[string]cluster.Member{}
-	for _, ks := range changed {
-		st := &limiterv1.KeyState{Policy: ks.Policy, Key: ks.Key, State: ks.State}
-		for _, m := range c.node.Replicas(ks.Key, c.node.ReplicaCount()) {
-			if m.Name != c.node.Name() {
+	msgs := make([]limiterv1.KeyState, len(changed)) // one allocation for the round
+	var reps []cluster.Member
+	self := c.node.Name()
+	for i, ks := range changed {
+		st := &msgs[i]
+		st.Policy, st.Key, st.State = ks.Policy, ks.Key, ks.State
+		reps = c.node.AppendReplicas(reps[:0], ks.Key, c.node.ReplicaCount())
+		for _, m := range reps {
+			if m.Name != self {
 				batches[m.Name] = append(batches[m.Name], st)
 				targets[m.Name] = m
 			}

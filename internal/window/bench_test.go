@@ -127,3 +127,30 @@ func TestStateHeapBytes(t *testing.T) {
 		t.Errorf("allocs per Allow+Add+Peek on an existing key = %v, want 0", allocs)
 	}
 }
+
+// BenchmarkReplicaMerge is a replica's work per replicated key: decode the
+// owner's copy (encoded with its node id) and merge it into the replica's
+// copy of the same key, which already came from that owner.
+func BenchmarkReplicaMerge(b *testing.B) {
+	r := MustRate(600, 5*time.Minute, DefaultBuckets)
+	var owner State
+	for i := range 30 {
+		owner.Window.Add(&r, t0.Add(time.Duration(i)*7*time.Second), 3)
+	}
+	data, _ := owner.AppendBinaryFrom(nil, 7)
+	var replica, in State
+	if err := in.UnmarshalBinary(data); err != nil {
+		b.Fatal(err)
+	}
+	replica.MergeFrom(&r, &in, true, 9)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := in.UnmarshalBinaryReuse(data); err != nil {
+			b.Fatal(err)
+		}
+		replica.MergeFrom(&r, &in, true, 9)
+	}
+	if replica.Window.Count(&r, t0.Add(210*time.Second)) != owner.Window.Count(&r, t0.Add(210*time.Second)) {
+		b.Fatal("replica count differs from the owner's")
+	}
+}

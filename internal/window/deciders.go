@@ -110,11 +110,17 @@ func (s *Sliding) peerIndex(id uint64) int {
 func (s *Sliding) mergeRing(ownID, id uint64, in []uint32, lo, hi int64) {
 	n := int64(len(s.counts))
 	if id == ownID && ownID != 0 {
+		if s.ext == nil || len(s.ext.peers) == 0 {
+			s.maxAt(in, lo, hi) // own counts are all counts
+			return
+		}
 		own := s.own()
-		for b := lo; b <= hi; b++ {
-			i := mod(b, n)
+		for i, k := mod(lo, n), lo; k <= hi; k++ {
 			if in[i] > own[i] {
 				s.addAt(i, int64(in[i]-own[i]))
+			}
+			if i++; i == n {
+				i = 0
 			}
 		}
 		return
@@ -131,23 +137,34 @@ func (s *Sliding) mergeRing(ownID, id uint64, in []uint32, lo, hi int64) {
 			// Too many deciders to tell apart: take the larger total per
 			// step for this one, which may undercount it but never holds
 			// unbounded state.
-			for b := lo; b <= hi; b++ {
-				i := mod(b, n)
-				if in[i] > s.counts[i] {
-					s.addAt(i, int64(in[i]-s.counts[i]))
-				}
-			}
+			s.maxAt(in, lo, hi)
 			return
 		}
 		s.ext.peers = append(s.ext.peers, peerRing{id: id, counts: make([]uint32, n)})
 		k = len(s.ext.peers) - 1
 	}
 	pc := s.ext.peers[k].counts
-	for b := lo; b <= hi; b++ {
-		i := mod(b, n)
+	for i, k := mod(lo, n), lo; k <= hi; k++ {
 		if in[i] > pc[i] {
 			s.addAt(i, int64(in[i]-pc[i]))
 			pc[i] = in[i]
+		}
+		if i++; i == n {
+			i = 0
+		}
+	}
+}
+
+// maxAt raises each count of s for the steps lo..hi to in's, where in is
+// laid out like s.counts, adding the difference to the total.
+func (s *Sliding) maxAt(in []uint32, lo, hi int64) {
+	n := int64(len(s.counts))
+	for i, k := mod(lo, n), lo; k <= hi; k++ {
+		if in[i] > s.counts[i] {
+			s.addAt(i, int64(in[i]-s.counts[i]))
+		}
+		if i++; i == n {
+			i = 0
 		}
 	}
 }
@@ -195,9 +212,12 @@ func allZero(c []uint32) bool {
 }
 
 func allZeroIn(c []uint32, lo, hi, n int64) bool {
-	for b := lo; b <= hi; b++ {
-		if c[mod(b, n)] != 0 {
+	for i, k := mod(lo, n), lo; k <= hi; k++ {
+		if c[i] != 0 {
 			return false
+		}
+		if i++; i == n {
+			i = 0
 		}
 	}
 	return true
@@ -214,6 +234,19 @@ func (s *Sliding) MergeFrom(r *Rate, o *Sliding, self uint64) {
 	}
 	if o.ext == nil || o.ext.from == 0 || self == 0 {
 		s.Merge(r, o)
+		return
+	}
+	if s.ext != nil && s.ext.from == o.ext.from && len(s.ext.peers) == 0 && len(o.ext.peers) == 0 &&
+		s.step == r.step && o.step == r.step && len(s.counts) == r.buckets+1 && len(o.counts) == r.buckets+1 {
+		// The common case on a replica: another copy from the node whose
+		// copy s holds, neither with other deciders. Merging that node's
+		// own counts, below, is then the larger count per step.
+		s.advance(r, timeUnix(max(o.last, s.last)))
+		n := int64(len(s.counts))
+		head, oHead := floorDiv(s.last, r.step), floorDiv(o.last, r.step)
+		if lo, hi := max(head-n+1, oHead-n+1), min(head, oHead); lo <= hi {
+			s.maxAt(o.counts, lo, hi)
+		}
 		return
 	}
 	oc := *o
@@ -271,12 +304,14 @@ func (s *Sliding) AppendBinaryFrom(b []byte, self uint64) ([]byte, error) {
 	b = binary.AppendUvarint(b, from)
 	b = binary.AppendUvarint(b, uint64(s.Peers()))
 	if s.ext != nil {
-		n := int64(len(s.counts))
-		head := floorDiv(s.last, s.step)
+		n := len(s.counts)
 		for _, p := range s.ext.peers {
 			b = binary.AppendUvarint(b, p.id)
-			for b0 := head - n + 1; b0 <= head; b0++ {
-				b = binary.AppendUvarint(b, uint64(p.counts[mod(b0, n)]))
+			for i, k := oldest(s.last, s.step, n), 0; k < n; k++ {
+				b = binary.AppendUvarint(b, uint64(p.counts[i]))
+				if i++; i == n {
+					i = 0
+				}
 			}
 		}
 	}
@@ -299,26 +334,40 @@ func (s *Sliding) decodeDeciders(data []byte) (int, error) {
 		return 0, fmt.Errorf("%w: sliding: bad peer count", ErrCorrupt)
 	}
 	p += k
-	ext := &deciders{from: from}
-	n := int64(len(s.counts))
+	// s.ext, when set, is memory to reuse (see decode).
+	ext := s.ext
+	if ext == nil {
+		ext = &deciders{}
+	}
+	spare := ext.peers
+	ext.from, ext.peers = from, ext.peers[:0]
+	n := len(s.counts)
 	for range np {
 		id, k := binary.Uvarint(data[p:])
 		if k <= 0 || id == 0 || id == from || slices.ContainsFunc(ext.peers, func(q peerRing) bool { return q.id == id }) {
 			return 0, fmt.Errorf("%w: sliding: bad peer id", ErrCorrupt)
 		}
 		p += k
-		pr := peerRing{id: id, counts: make([]uint32, n)}
-		head := floorDiv(s.last, s.step)
-		for b := head - n + 1; b <= head; b++ {
+		pr := peerRing{id: id}
+		if j := len(ext.peers); j < len(spare) && cap(spare[j].counts) >= n {
+			pr.counts = spare[j].counts[:n] // every position is written below
+		} else {
+			pr.counts = make([]uint32, n)
+		}
+		for i, j := oldest(s.last, s.step, n), 0; j < n; j++ {
 			c, k := binary.Uvarint(data[p:])
-			if k <= 0 || c > MaxLimit || uint32(c) > s.counts[mod(b, n)] {
+			if k <= 0 || c > MaxLimit || uint32(c) > s.counts[i] {
 				return 0, fmt.Errorf("%w: sliding: bad peer count", ErrCorrupt)
 			}
 			p += k
-			pr.counts[mod(b, n)] = uint32(c)
+			pr.counts[i] = uint32(c)
+			if i++; i == n {
+				i = 0
+			}
 		}
 		ext.peers = append(ext.peers, pr)
 	}
+	s.ext = nil
 	if from != 0 || len(ext.peers) > 0 {
 		s.ext = ext
 	}

@@ -1,6 +1,7 @@
 package window
 
 import (
+	"bytes"
 	"errors"
 	"math/rand/v2"
 	"testing"
@@ -231,5 +232,82 @@ func TestReplicaCopyStaysCompact(t *testing.T) {
 		if got := n.s.Count(&r, at(4*time.Second)); got != 24 {
 			t.Errorf("node %d counts %d, want 24 (10 + 5 + 7 + 2)", n.id, got)
 		}
+	}
+}
+
+// TestReplicaFollowsOwner: a replica that merges each copy its owner sends
+// (decoded into one reused scratch State, as the limiter does) holds exactly
+// the owner's state, whatever the window moved by in between.
+func TestReplicaFollowsOwner(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 13))
+	for seed := range 100 {
+		r := MustRate(MaxLimit, time.Duration(1+rng.IntN(120))*time.Second, 1+rng.IntN(60))
+		var owner, replica, scratch State
+		now := at(0)
+		for range 20 + rng.IntN(40) {
+			now = now.Add(time.Duration(rng.Int64N(int64(r.Window()) / 4)))
+			owner.Window.Add(&r, now, int64(rng.IntN(4)))
+			if rng.IntN(2) == 0 {
+				continue
+			}
+			b, _ := owner.AppendBinaryFrom(nil, 1)
+			if err := scratch.UnmarshalBinaryReuse(b); err != nil {
+				t.Fatalf("seed %d: UnmarshalBinaryReuse() error = %v", seed, err)
+			}
+			replica.MergeFrom(&r, &scratch, true, 2)
+			got, _ := replica.AppendBinaryFrom(nil, 2)
+			if !bytes.Equal(got, b) {
+				t.Fatalf("seed %d: replica encodes as\n%v, its owner as\n%v", seed, got, b)
+			}
+		}
+	}
+}
+
+// TestUnmarshalBinaryReuse: decoding one encoding after another into the
+// same State gives what a fresh State decodes, and a merged copy shares no
+// memory with the scratch it came from.
+func TestUnmarshalBinaryReuse(t *testing.T) {
+	r := MustRate(100, time.Minute, 6)
+	a, b := &node{id: 1}, &node{id: 2}
+	b.add(&r, at(0), 3)
+	a.add(&r, at(0), 1)
+	a.recv(t, &r, b) // a holds a peer ring
+	var leased State
+	leased.Window.Add(&r, at(0), 2)
+	leased.Leases.Acquire(7, at(0), time.Minute)
+	leased.Leases.Acquire(8, at(0), time.Minute)
+	var plain State
+	plain.Window.Add(&r, at(0), 5)
+	withPeerRing, _ := (&State{Window: a.s}).AppendBinaryFrom(nil, 1)
+	fromOwner, _ := (&State{Window: b.s}).AppendBinaryFrom(nil, 2)
+	leasedEnc, _ := leased.AppendBinaryFrom(nil, 3)
+	plainEnc, _ := plain.AppendBinary(nil)
+	empty, _ := (&State{}).AppendBinary(nil)
+	var scratch State
+	for i, enc := range [][]byte{withPeerRing, plainEnc, leasedEnc, withPeerRing, fromOwner, empty, leasedEnc, withPeerRing} {
+		var want State
+		if err := want.UnmarshalBinary(enc); err != nil {
+			t.Fatalf("%d: UnmarshalBinary() error = %v", i, err)
+		}
+		if err := scratch.UnmarshalBinaryReuse(enc); err != nil {
+			t.Fatalf("%d: UnmarshalBinaryReuse() error = %v", i, err)
+		}
+		got, _ := scratch.AppendBinary(nil)
+		if wantEnc, _ := want.AppendBinary(nil); !bytes.Equal(got, wantEnc) || scratch.Window.total != want.Window.total ||
+			scratch.Window.Unadopted() != want.Window.Unadopted() || scratch.Window.Peers() != want.Window.Peers() {
+			t.Fatalf("%d: UnmarshalBinaryReuse() = %+v, UnmarshalBinary() = %+v", i, scratch, want)
+		}
+		var merged State
+		merged.MergeFrom(&r, &scratch, false, 9)
+		before, _ := merged.AppendBinaryFrom(nil, 9)
+		if err := scratch.UnmarshalBinaryReuse(leasedEnc); err != nil { // overwrite the scratch
+			t.Fatal(err)
+		}
+		if after, _ := merged.AppendBinaryFrom(nil, 9); !bytes.Equal(before, after) {
+			t.Fatalf("%d: decoding into the scratch changed a state merged from it", i)
+		}
+	}
+	if err := scratch.UnmarshalBinaryReuse(withPeerRing[:len(withPeerRing)-3]); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("UnmarshalBinaryReuse(truncated) error = %v, want ErrCorrupt", err)
 	}
 }

@@ -133,9 +133,12 @@ func (l *Leases) decode(data []byte) (int, error) {
 		return 0, fmt.Errorf("%w: leases: bad count", ErrCorrupt)
 	}
 	p += k
-	var held []Lease
+	var held []Lease // l's memory is reused
 	if n > 0 {
-		held = make([]Lease, 0, n)
+		held = l.held[:0]
+		if uint64(cap(held)) < n {
+			held = make([]Lease, 0, n)
+		}
 	}
 	for range n {
 		id, k := binary.Uvarint(data[p:])
@@ -201,5 +204,23 @@ func (st *State) UnmarshalBinary(data []byte) error {
 		return fmt.Errorf("%w: state: %d trailing bytes", ErrCorrupt, len(data)-n-m)
 	}
 	st.Window, st.Leases = w, l
+	return nil
+}
+
+// UnmarshalBinaryReuse is UnmarshalBinary that reuses st's memory (its
+// ring, peer rings and leases), for a caller that decodes one copy after
+// another into the same scratch State. On error st holds garbage.
+func (st *State) UnmarshalBinaryReuse(data []byte) error {
+	n, err := st.Window.decode(data)
+	if err != nil {
+		return err
+	}
+	m, err := st.Leases.decode(data[n:])
+	if err != nil {
+		return err
+	}
+	if n+m != len(data) {
+		return fmt.Errorf("%w: state: %d trailing bytes", ErrCorrupt, len(data)-n-m)
+	}
 	return nil
 }

@@ -31,12 +31,8 @@ func (s *Sliding) Merge(r *Rate, o *Sliding) {
 		s.advance(r, time.Unix(0, s.last)) // rebase s onto r if needed
 	}
 	head, oHead := floorDiv(s.last, r.step), floorDiv(oc.last, r.step)
-	for b := max(head-n+1, oHead-n+1); b <= min(head, oHead); b++ {
-		i := mod(b, n)
-		if c := oc.counts[i]; c > s.counts[i] {
-			s.total += int64(c) - int64(s.counts[i])
-			s.counts[i] = c
-		}
+	if lo, hi := max(head-n+1, oHead-n+1), min(head, oHead); lo <= hi {
+		s.maxAt(oc.counts, lo, hi)
 	}
 }
 

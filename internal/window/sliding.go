@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -268,12 +269,22 @@ func (s *Sliding) appendRing(b []byte) []byte {
 		return b
 	}
 	// Oldest step first, so the encoding does not depend on ring rotation.
-	n := int64(len(s.counts))
-	head := floorDiv(s.last, s.step)
-	for b0 := head - n + 1; b0 <= head; b0++ {
-		b = binary.AppendUvarint(b, uint64(s.counts[mod(b0, n)]))
+	// Most counts take one byte.
+	b = slices.Grow(b, len(s.counts))
+	n := len(s.counts)
+	for i, k := oldest(s.last, s.step, n), 0; k < n; k++ {
+		b = binary.AppendUvarint(b, uint64(s.counts[i]))
+		if i++; i == n {
+			i = 0
+		}
 	}
 	return b
+}
+
+// oldest returns the ring position of the oldest step of a ring of n steps
+// whose newest time is last: the one after the newest step's.
+func oldest(last, step int64, n int) int {
+	return int(mod(floorDiv(last, step)+1, int64(n)))
 }
 
 // MarshalBinary encodes s; UnmarshalBinary restores it.
@@ -315,24 +326,33 @@ func (s *Sliding) decode(data []byte) (int, error) {
 		return 0, fmt.Errorf("%w: sliding: bad bucket count", ErrCorrupt)
 	}
 	p += k
+	// s's memory is reused: ring, deciders and their peer rings.
 	out := Sliding{last: last, step: int64(step)}
 	if n > 0 {
 		head := floorDiv(last, int64(step))
 		if head < math.MinInt64+int64(n) { // the ring's oldest step would overflow
 			return 0, fmt.Errorf("%w: sliding: bad time", ErrCorrupt)
 		}
-		out.counts = make([]uint32, n)
-		for b := head - int64(n) + 1; b <= head; b++ {
+		if cap(s.counts) >= int(n) {
+			out.counts = s.counts[:n]
+		} else {
+			out.counts = make([]uint32, n)
+		}
+		for i, j := oldest(last, int64(step), int(n)), uint64(0); j < n; j++ {
 			c, k := binary.Uvarint(data[p:])
 			if k <= 0 || c > MaxLimit {
 				return 0, fmt.Errorf("%w: sliding: bad count", ErrCorrupt)
 			}
 			p += k
-			out.counts[mod(b, int64(n))] = uint32(c)
+			out.counts[i] = uint32(c)
 			out.total += int64(c)
+			if i++; i == int(n) {
+				i = 0
+			}
 		}
 	}
 	if data[0] == slidingVersionDeciders {
+		out.ext = s.ext
 		k, err := out.decodeDeciders(data[p:])
 		if err != nil {
 			return 0, err
