@@ -1,6 +1,7 @@
 package window
 
 import (
+	"bytes"
 	"errors"
 	"math/rand/v2"
 	"reflect"
@@ -208,13 +209,22 @@ func FuzzSlidingDecode(f *testing.F) {
 
 func FuzzStateDecode(f *testing.F) {
 	fuzzSeeds(f, func(st *State) []byte { b, _ := st.MarshalBinary(); return b })
+	var scratch State // reused across inputs, as the limiter's Merge does
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var st State
-		if err := st.UnmarshalBinary(data); err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("UnmarshalBinary() error = %v, want %v", err, ErrCorrupt)
+		err := st.UnmarshalBinary(data)
+		rerr := scratch.UnmarshalBinaryReuse(data)
+		if (rerr != nil) != (err != nil) {
+			t.Fatalf("UnmarshalBinaryReuse() error = %v, UnmarshalBinary() error = %v", rerr, err)
+		}
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) || !errors.Is(rerr, ErrCorrupt) {
+				t.Fatalf("UnmarshalBinary() error = %v and %v, want %v", err, rerr, ErrCorrupt)
 			}
 			return
+		}
+		if got, want := encode(t, &scratch), encode(t, &st); !bytes.Equal(got, want) || scratch.Window.total != st.Window.total {
+			t.Fatalf("UnmarshalBinaryReuse() = %+v, UnmarshalBinary() = %+v", scratch, st)
 		}
 		var st2 State
 		if err := st2.UnmarshalBinary(encode(t, &st)); err != nil {
