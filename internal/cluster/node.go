@@ -387,11 +387,6 @@ func (n *Node) Owner(key string) (m Member, self bool) { return n.ring.Load().Ow
 // see Ring.Replicas. Config.Replicas is the usual r.
 func (n *Node) Replicas(key string, r int) []Member { return n.ring.Load().Replicas(key, r) }
 
-// AppendReplicas appends what Replicas returns to dst (Ring.AppendReplicas).
-func (n *Node) AppendReplicas(dst []Member, key string, r int) []Member {
-	return n.ring.Load().AppendReplicas(dst, key, r)
-}
-
 // ReplicaCount returns Config.Replicas.
 func (n *Node) ReplicaCount() int { return n.cfg.Replicas }
 

@@ -86,22 +86,47 @@ func ErrorFor(res *limiter.Result, path, requestID string, now time.Time) *limit
 // Retry-After when denied. In RateLimit, t is the seconds until the call can
 // succeed when denied, and until the window is empty when allowed.
 func Headers(res *limiter.Result) map[string]string {
-	name := strconv.Quote(res.Policy.Name)
-	limit := strconv.FormatInt(res.Limit, 10)
-	remaining := strconv.FormatInt(res.Remaining, 10)
-	reset := strconv.FormatInt(ceilSeconds(res.ResetAfter), 10)
-	t := reset
+	// Every value is a part of one string, built in one buffer: a call
+	// costs the map and that string, not a dozen small ones.
+	var stack [128]byte
+	b := strconv.AppendQuote(stack[:0], res.Policy.Name)
+	nameEnd := len(b)
+	b = append(b, ";q="...)
+	limit0 := len(b)
+	b = strconv.AppendInt(b, res.Limit, 10)
+	limit1 := len(b)
+	b = append(b, ";w="...)
+	b = strconv.AppendInt(b, ceilSeconds(res.Policy.Window), 10)
+	policyEnd := len(b)
+	b = append(b, b[:nameEnd]...)
+	b = append(b, ";r="...)
+	rem0 := len(b)
+	b = strconv.AppendInt(b, res.Remaining, 10)
+	rem1 := len(b)
+	b = append(b, ";t="...)
+	t0 := len(b) // t: the retry wait when denied, else the reset
+	if !res.Allowed {
+		b = strconv.AppendInt(b, ceilSeconds(res.RetryAfter), 10)
+	} else {
+		b = strconv.AppendInt(b, ceilSeconds(res.ResetAfter), 10)
+	}
+	t1 := len(b)
+	reset0, reset1 := t0, t1
+	if !res.Allowed {
+		reset0 = len(b)
+		b = strconv.AppendInt(b, ceilSeconds(res.ResetAfter), 10)
+		reset1 = len(b)
+	}
+	v := string(b)
 	h := make(map[string]string, 6)
 	if !res.Allowed {
-		retry := strconv.FormatInt(ceilSeconds(res.RetryAfter), 10)
-		h["Retry-After"] = retry
-		t = retry
+		h["Retry-After"] = v[t0:t1]
 	}
-	h["RateLimit-Policy"] = name + ";q=" + limit + ";w=" + strconv.FormatInt(ceilSeconds(res.Policy.Window), 10)
-	h["RateLimit"] = name + ";r=" + remaining + ";t=" + t
-	h["X-RateLimit-Limit"] = limit
-	h["X-RateLimit-Remaining"] = remaining
-	h["X-RateLimit-Reset"] = reset
+	h["RateLimit-Policy"] = v[:policyEnd]
+	h["RateLimit"] = v[policyEnd:t1]
+	h["X-RateLimit-Limit"] = v[limit0:limit1]
+	h["X-RateLimit-Remaining"] = v[rem0:rem1]
+	h["X-RateLimit-Reset"] = v[reset0:reset1]
 	return h
 }
 

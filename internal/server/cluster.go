@@ -25,7 +25,6 @@ type peerNode interface {
 	Name() string
 	Owner(key string) (cluster.Member, bool)
 	Replicas(key string, n int) []cluster.Member
-	AppendReplicas(dst []cluster.Member, key string, n int) []cluster.Member
 	ReplicaCount() int
 	Ring() *cluster.Ring
 	Members() []cluster.Member
@@ -207,9 +206,10 @@ func (c *Cluster) allow(ctx context.Context, req *limiterv1.AllowRequest) (limit
 	if !ok {
 		return limiter.Result{}, fmt.Errorf("%w: %q", limiter.ErrUnknownPolicy, req.GetPolicy())
 	}
+	var buf [4]cluster.Member // room for most clusters' copies, on the stack
+	reps := c.node.Ring().AppendReplicas(buf[:0], req.GetKey(), c.node.ReplicaCount())
 	var lastErr error = cluster.ErrNoMembers
 	unsynced := false // this node owns the key but could not merge its peers' copies
-	reps := c.node.Replicas(req.GetKey(), c.node.ReplicaCount())
 	for i, m := range reps {
 		var res limiter.Result
 		var err error
@@ -755,11 +755,11 @@ func (c *Cluster) replicateOnce(final bool) (busy bool) {
 	targets := map[string]cluster.Member{}
 	msgs := make([]limiterv1.KeyState, len(changed)) // one allocation for the round
 	var reps []cluster.Member
-	self := c.node.Name()
+	self, ring := c.node.Name(), c.node.Ring()
 	for i, ks := range changed {
 		st := &msgs[i]
 		st.Policy, st.Key, st.State = ks.Policy, ks.Key, ks.State
-		reps = c.node.AppendReplicas(reps[:0], ks.Key, c.node.ReplicaCount())
+		reps = ring.AppendReplicas(reps[:0], ks.Key, c.node.ReplicaCount())
 		for _, m := range reps {
 			if m.Name != self {
 				batches[m.Name] = append(batches[m.Name], st)

@@ -37,13 +37,10 @@ type fakePeers struct {
 
 var errFakeDown = fmt.Errorf("fake: %w", cluster.ErrOwnerUnavailable)
 
-func (f *fakePeers) Name() string                                { return f.ring.Self() }
-func (f *fakePeers) Ring() *cluster.Ring                         { return f.ring }
-func (f *fakePeers) Owner(key string) (cluster.Member, bool)     { return f.ring.Owner(key) }
-func (f *fakePeers) Replicas(key string, n int) []cluster.Member { return f.ring.Replicas(key, n) }
-func (f *fakePeers) AppendReplicas(dst []cluster.Member, key string, n int) []cluster.Member {
-	return f.ring.AppendReplicas(dst, key, n)
-}
+func (f *fakePeers) Name() string                                               { return f.ring.Self() }
+func (f *fakePeers) Ring() *cluster.Ring                                        { return f.ring }
+func (f *fakePeers) Owner(key string) (cluster.Member, bool)                    { return f.ring.Owner(key) }
+func (f *fakePeers) Replicas(key string, n int) []cluster.Member                { return f.ring.Replicas(key, n) }
 func (f *fakePeers) ReplicaCount() int                                          { return 2 }
 func (f *fakePeers) Members() []cluster.Member                                  { return f.ring.Members() }
 func (f *fakePeers) RegisterPeerService(grpc.ServiceRegistrar, cluster.Handler) {}

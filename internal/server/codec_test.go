@@ -3,7 +3,10 @@ package server
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -160,5 +163,49 @@ func BenchmarkMarshalAllowResponse(b *testing.B) {
 				data.Free()
 			}
 		})
+	}
+}
+
+// headersRef is Headers as first written, one string at a time: the
+// reference for TestHeadersMatchReference.
+func headersRef(res *limiter.Result) map[string]string {
+	name := strconv.Quote(res.Policy.Name)
+	limit := strconv.FormatInt(res.Limit, 10)
+	remaining := strconv.FormatInt(res.Remaining, 10)
+	reset := strconv.FormatInt(ceilSeconds(res.ResetAfter), 10)
+	t := reset
+	h := make(map[string]string, 6)
+	if !res.Allowed {
+		retry := strconv.FormatInt(ceilSeconds(res.RetryAfter), 10)
+		h["Retry-After"] = retry
+		t = retry
+	}
+	h["RateLimit-Policy"] = name + ";q=" + limit + ";w=" + strconv.FormatInt(ceilSeconds(res.Policy.Window), 10)
+	h["RateLimit"] = name + ";r=" + remaining + ";t=" + t
+	h["X-RateLimit-Limit"] = limit
+	h["X-RateLimit-Remaining"] = remaining
+	h["X-RateLimit-Reset"] = reset
+	return h
+}
+
+// TestHeadersMatchReference: Headers, which builds every value in one
+// buffer, gives what building them one by one gives, for allowed and
+// denied results, odd policy names and long numbers.
+func TestHeadersMatchReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	names := []string{"default", "", `q"uote`, "ünï\u2028code", strings.Repeat("long-", 40), "\xff"}
+	durs := []time.Duration{0, -time.Second, time.Nanosecond, 999 * time.Millisecond, time.Second, 5 * time.Minute, 1<<63 - 1}
+	for i := range 2000 {
+		res := limiter.Result{
+			Allowed:    rng.IntN(2) == 0,
+			Policy:     policy.Policy{Name: names[rng.IntN(len(names))], Window: durs[rng.IntN(len(durs))]},
+			Limit:      rng.Int64N(1 << 62),
+			Remaining:  rng.Int64N(1<<62) - 1<<61,
+			RetryAfter: durs[rng.IntN(len(durs))],
+			ResetAfter: time.Duration(rng.Int64N(1 << 62)),
+		}
+		if got, want := Headers(&res), headersRef(&res); !maps.Equal(got, want) {
+			t.Fatalf("%d: Headers(%+v) =\n%v, want\n%v", i, res, got, want)
+		}
 	}
 }

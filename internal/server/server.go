@@ -181,24 +181,36 @@ func (s *Service) decideLocal(ctx context.Context, req *limiterv1.AllowRequest) 
 
 // Response renders a Result as an AllowResponse.
 func (s *Service) Response(res *limiter.Result, path, requestID string) *limiterv1.AllowResponse {
-	out := &limiterv1.AllowResponse{
-		Allowed:       res.Allowed,
-		Code:          res.Code,
-		Policy:        res.Policy.Name,
-		Limit:         res.Limit,
-		Remaining:     res.Remaining,
-		RetryAfter:    durationpb.New(res.RetryAfter),
-		ResetAfter:    durationpb.New(res.ResetAfter),
-		LeaseId:       res.LeaseID,
-		MaxConcurrent: res.MaxConcurrent,
-		InFlight:      res.InFlight,
-		Headers:       Headers(res),
-		Degraded:      res.Degraded,
-	}
+	// The response and its two durations come in one allocation.
+	all := new(struct {
+		resp         limiterv1.AllowResponse
+		retry, reset durationpb.Duration
+	})
+	setDuration(&all.retry, res.RetryAfter)
+	setDuration(&all.reset, res.ResetAfter)
+	out := &all.resp
+	out.Allowed = res.Allowed
+	out.Code = res.Code
+	out.Policy = res.Policy.Name
+	out.Limit = res.Limit
+	out.Remaining = res.Remaining
+	out.RetryAfter = &all.retry
+	out.ResetAfter = &all.reset
+	out.LeaseId = res.LeaseID
+	out.MaxConcurrent = res.MaxConcurrent
+	out.InFlight = res.InFlight
+	out.Headers = Headers(res)
+	out.Degraded = res.Degraded
 	if !res.Allowed {
 		out.Error = ErrorFor(res, path, requestID, s.cfg.Now())
 	}
 	return out
+}
+
+// setDuration sets d to dur, as durationpb.New does.
+func setDuration(d *durationpb.Duration, dur time.Duration) {
+	d.Seconds = int64(dur / time.Second)
+	d.Nanos = int32(dur % time.Second)
 }
 
 // Release implements limiter.v1.Limiter/Release.
