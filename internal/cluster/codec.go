@@ -99,6 +99,21 @@ func eachField(b []byte, fn func(field) error) error {
 	return nil
 }
 
+// countMessages checks that every field of the message in b decodes, and
+// counts the occurrences of field num as an embedded message (the
+// elements of a repeated message field) and their bytes, so that a decoder
+// can allocate them at once.
+func countMessages(b []byte, num protowire.Number) (n, size int, err error) {
+	err = eachField(b, func(f field) error {
+		if f.is(num, protowire.BytesType) {
+			n++
+			size += len(f.bytes)
+		}
+		return nil
+	})
+	return n, size, err
+}
+
 // is reports whether f is field num of wire type typ.
 func (f field) is(num protowire.Number, typ protowire.Type) bool { return f.num == num && f.typ == typ }
 
@@ -121,16 +136,9 @@ func (f field) str() ([]byte, error) {
 func decodeAllowAnswers(b []byte, policy *atomic.Pointer[string]) ([]allowAnswer, error) {
 	// First count the results, so that they and their decisions can be
 	// allocated at once.
-	n := 0
-	for rest := b; len(rest) > 0; {
-		f, next, err := nextField(rest)
-		if err != nil {
-			return nil, err
-		}
-		if f.is(fieldResults, protowire.BytesType) {
-			n++
-		}
-		rest = next
+	n, _, err := countMessages(b, fieldResults)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]allowAnswer, 0, n)
 	decisions := make([]limiterv1.PeerDecision, n)
@@ -263,16 +271,9 @@ const (
 // and the policy name, when the request has one, is shared through
 // *policy as in decodeAllowAnswers.
 func decodeAllowItems(b []byte, policy *atomic.Pointer[string]) ([]*limiterv1.PeerAllowItem, error) {
-	n := 0
-	for rest := b; len(rest) > 0; {
-		f, next, err := nextField(rest)
-		if err != nil {
-			return nil, err
-		}
-		if f.is(fieldItems, protowire.BytesType) {
-			n++
-		}
-		rest = next
+	n, _, err := countMessages(b, fieldItems)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]*limiterv1.PeerAllowItem, 0, n)
 	items := make([]limiterv1.PeerAllowItem, n)
@@ -368,17 +369,9 @@ const (
 // shared through *policy as in decodeAllowAnswers. The result does not
 // alias b.
 func decodeKeyStates(b []byte, policy *atomic.Pointer[string]) ([]*limiterv1.KeyState, error) {
-	n, size := 0, 0
-	for rest := b; len(rest) > 0; {
-		f, next, err := nextField(rest)
-		if err != nil {
-			return nil, err
-		}
-		if f.is(fieldReplStates, protowire.BytesType) {
-			n++
-			size += len(f.bytes) // bounds the keys and states in it
-		}
-		rest = next
+	n, size, err := countMessages(b, fieldReplStates) // size bounds the keys and states
+	if err != nil {
+		return nil, err
 	}
 	if n == 0 {
 		return nil, nil

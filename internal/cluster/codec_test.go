@@ -34,31 +34,21 @@ func allowAnswerSeeds() [][]byte {
 	one, _ := proto.Marshal(dec(full))
 	status, _ := proto.Marshal(st(14, "owner leaving"))
 	policy2 := protowire.AppendString(protowire.AppendTag(nil, fieldDecPolicy, protowire.BytesType), "second")
-	result := func(fields ...[]byte) []byte { // a PeerAllowResult of raw fields, as field 1 of a response
-		var r []byte
-		for _, f := range fields {
-			r = append(r, f...)
-		}
-		return protowire.AppendBytes(protowire.AppendTag(nil, fieldResults, protowire.BytesType), r)
-	}
-	field := func(num protowire.Number, msg []byte) []byte {
-		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), msg)
-	}
 	decBytes, _ := proto.Marshal(full)
 	stBytes, _ := proto.Marshal(&limiterv1.ItemStatus{Code: 5, Message: "x"})
 	return [][]byte{
 		typical,
 		{},
-		result(field(fieldResultDecision, decBytes), field(fieldResultDecision, policy2)),                                    // merged
-		result(field(fieldResultDecision, decBytes), field(fieldResultStatus, stBytes), field(fieldResultDecision, policy2)), // oneof switches
-		result(field(fieldResultStatus, stBytes), field(fieldResultStatus, []byte{0x08, 0x09})),
-		result(field(fieldResultDecision, []byte{0x1a, 0x01, 0xff})),                                   // policy not UTF-8
-		result(field(fieldResultStatus, []byte{0x12, 0x02, 0xc3, 0x28})),                               // message not UTF-8
-		result(field(fieldResultDecision, []byte{0x08})),                                               // truncated varint
-		result(field(fieldResultDecision, []byte{0x1d, 1, 2, 3, 4}), []byte{0x18, 0x05}),               // wrong wire types
-		append(result(field(fieldResultDecision, decBytes)), 0x7a, 0x01, 0x00, 0x23, 0x24, 0x10, 0x01), // unknown fields, a group
-		append(field(fieldResults, one), 0x0a),                                                         // truncated length
-		append(status, 0xff),                                                                           // a bad tag
+		embedded(fieldResults, bytesField(fieldResultDecision, decBytes), bytesField(fieldResultDecision, policy2)),                                         // merged
+		embedded(fieldResults, bytesField(fieldResultDecision, decBytes), bytesField(fieldResultStatus, stBytes), bytesField(fieldResultDecision, policy2)), // oneof switches
+		embedded(fieldResults, bytesField(fieldResultStatus, stBytes), bytesField(fieldResultStatus, []byte{0x08, 0x09})),
+		embedded(fieldResults, bytesField(fieldResultDecision, []byte{0x1a, 0x01, 0xff})),                                   // policy not UTF-8
+		embedded(fieldResults, bytesField(fieldResultStatus, []byte{0x12, 0x02, 0xc3, 0x28})),                               // message not UTF-8
+		embedded(fieldResults, bytesField(fieldResultDecision, []byte{0x08})),                                               // truncated varint
+		embedded(fieldResults, bytesField(fieldResultDecision, []byte{0x1d, 1, 2, 3, 4}), []byte{0x18, 0x05}),               // wrong wire types
+		append(embedded(fieldResults, bytesField(fieldResultDecision, decBytes)), 0x7a, 0x01, 0x00, 0x23, 0x24, 0x10, 0x01), // unknown fields, a group
+		append(bytesField(fieldResults, one), 0x0a),                                                                         // truncated length
+		append(status, 0xff), // a bad tag
 		append([]byte{0x0b}, typical...),
 	}
 }
@@ -67,32 +57,21 @@ func allowAnswerSeeds() [][]byte {
 // (unknown fields discarded) on every input: both fail, or both succeed
 // with the same results.
 func FuzzDecodeAllowAnswers(f *testing.F) {
-	for _, s := range allowAnswerSeeds() {
-		f.Add(s)
-	}
 	var policy atomic.Pointer[string]
-	f.Fuzz(func(t *testing.T, b []byte) {
-		var want limiterv1.PeerAllowBatchResponse
-		werr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, &want)
-		got, err := decodeAllowAnswers(b, &policy)
-		if (err != nil) != (werr != nil) {
-			t.Fatalf("decodeAllowAnswers(%x) error %v; proto.Unmarshal error %v", b, err, werr)
-		}
-		if err != nil {
-			return
-		}
-		if len(got) != len(want.GetResults()) {
-			t.Fatalf("decodeAllowAnswers(%x): %d results, proto.Unmarshal %d", b, len(got), len(want.GetResults()))
-		}
-		for i, r := range want.GetResults() {
-			g := got[i]
-			if (g.decision == nil) != (r.GetDecision() == nil) || g.decision != nil && !proto.Equal(g.decision, r.GetDecision()) {
-				t.Fatalf("result %d of %x: decision %v, proto.Unmarshal %v", i, b, g.decision, r.GetDecision())
+	fuzzLikeUnmarshal(f, allowAnswerSeeds(), func() proto.Message { return &limiterv1.PeerAllowBatchResponse{} }, func(b []byte) (proto.Message, error) {
+		answers, err := decodeAllowAnswers(b, &policy)
+		got := &limiterv1.PeerAllowBatchResponse{}
+		for _, a := range answers {
+			r := &limiterv1.PeerAllowResult{}
+			switch {
+			case a.decision != nil:
+				r.Result = &limiterv1.PeerAllowResult_Decision{Decision: a.decision}
+			case a.status != nil:
+				r.Result = &limiterv1.PeerAllowResult_Status{Status: a.status}
 			}
-			if (g.status == nil) != (r.GetStatus() == nil) || g.status != nil && !proto.Equal(g.status, r.GetStatus()) {
-				t.Fatalf("result %d of %x: status %v, proto.Unmarshal %v", i, b, g.status, r.GetStatus())
-			}
+			got.Results = append(got.Results, r)
 		}
+		return got, err
 	})
 }
 
@@ -119,6 +98,17 @@ func TestDecodeAllowAnswersAllocs(t *testing.T) {
 
 // allowItemSeeds are encoded PeerAllowBatchRequests, as forwarding nodes
 // send them and with the corners proto.Unmarshal has rules for.
+// bytesField encodes msg as field num of the bytes wire type.
+func bytesField(num protowire.Number, msg []byte) []byte {
+	return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), msg)
+}
+
+// embedded encodes raw fields as one message in field num: an element of
+// a repeated message field.
+func embedded(num protowire.Number, fields ...[]byte) []byte {
+	return bytesField(num, slices.Concat(fields...))
+}
+
 func allowItemSeeds() [][]byte {
 	typical, _ := proto.Marshal(&limiterv1.PeerAllowBatchRequest{Items: []*limiterv1.PeerAllowItem{
 		{Request: &limiterv1.AllowRequest{Key: "tenant:42:/invoices", Policy: "default", Hits: 3, DryRun: true, RequestId: "r-1", Path: "/v1/x"},
@@ -128,28 +118,18 @@ func allowItemSeeds() [][]byte {
 		{Timeout: &durationpb.Duration{}},
 		{},
 	}})
-	field := func(num protowire.Number, msg []byte) []byte {
-		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), msg)
-	}
-	item := func(fields ...[]byte) []byte {
-		var r []byte
-		for _, f := range fields {
-			r = append(r, f...)
-		}
-		return field(fieldItems, r)
-	}
 	req1, _ := proto.Marshal(&limiterv1.AllowRequest{Key: "a", Policy: "p", Hits: 1})
 	req2, _ := proto.Marshal(&limiterv1.AllowRequest{Key: "\xff\xfe not UTF-8", Path: "/b"})
 	dur, _ := proto.Marshal(durationpb.New(time.Second))
 	return [][]byte{
 		typical,
 		{},
-		item(field(fieldItemRequest, req1), field(fieldItemRequest, req2)), // merged, bytes not UTF-8
-		item(field(fieldItemTimeout, dur), field(fieldItemTimeout, []byte{0x10, 0x05})),
-		item(field(fieldItemRequest, []byte{0x18})),                         // truncated varint
-		item(field(fieldItemRequest, []byte{0x0d, 1, 2, 3, 4, 0x20, 0x02})), // wrong wire type, a bool of 2
-		append(item(field(fieldItemRequest, req1)), 0x7a, 0x01, 0x00, 0x23, 0x24, 0x10, 0x01),
-		append(field(fieldItems, req1), 0x0a), // truncated length
+		embedded(fieldItems, bytesField(fieldItemRequest, req1), bytesField(fieldItemRequest, req2)), // merged, bytes not UTF-8
+		embedded(fieldItems, bytesField(fieldItemTimeout, dur), bytesField(fieldItemTimeout, []byte{0x10, 0x05})),
+		embedded(fieldItems, bytesField(fieldItemRequest, []byte{0x18})),                         // truncated varint
+		embedded(fieldItems, bytesField(fieldItemRequest, []byte{0x0d, 1, 2, 3, 4, 0x20, 0x02})), // wrong wire type, a bool of 2
+		append(embedded(fieldItems, bytesField(fieldItemRequest, req1)), 0x7a, 0x01, 0x00, 0x23, 0x24, 0x10, 0x01),
+		append(bytesField(fieldItems, req1), 0x0a), // truncated length
 		[]byte("\xd2\xd2\xd2\xd20\n0000000000"),
 	}
 }
@@ -157,23 +137,10 @@ func allowItemSeeds() [][]byte {
 // FuzzDecodeAllowItems: decodeAllowItems agrees with proto.Unmarshal
 // (unknown fields discarded) on every input.
 func FuzzDecodeAllowItems(f *testing.F) {
-	for _, s := range allowItemSeeds() {
-		f.Add(s)
-	}
 	var policy atomic.Pointer[string]
-	f.Fuzz(func(t *testing.T, b []byte) {
-		var want limiterv1.PeerAllowBatchRequest
-		werr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, &want)
+	fuzzLikeUnmarshal(f, allowItemSeeds(), func() proto.Message { return &limiterv1.PeerAllowBatchRequest{} }, func(b []byte) (proto.Message, error) {
 		items, err := decodeAllowItems(b, &policy)
-		if (err != nil) != (werr != nil) {
-			t.Fatalf("decodeAllowItems(%x) error %v; proto.Unmarshal error %v", b, err, werr)
-		}
-		if err != nil {
-			return
-		}
-		if got := (&limiterv1.PeerAllowBatchRequest{Items: items}); !proto.Equal(got, &want) {
-			t.Fatalf("decodeAllowItems(%x) = %v; proto.Unmarshal %v", b, got, &want)
-		}
+		return &limiterv1.PeerAllowBatchRequest{Items: items}, err
 	})
 }
 
@@ -247,54 +214,56 @@ func keyStateSeeds() [][]byte {
 		{Key: "no policy"},
 		{},
 	}})
-	field := func(num protowire.Number, msg []byte) []byte {
-		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), msg)
-	}
-	state := func(fields ...[]byte) []byte {
-		var r []byte
-		for _, f := range fields {
-			r = append(r, f...)
-		}
-		return field(fieldReplStates, r)
-	}
 	return [][]byte{
 		typical,
 		{},
-		state(field(fieldStateKey, []byte("a")), field(fieldStateKey, []byte("bb")), field(fieldStateState, []byte{1}), field(fieldStateState, []byte{2, 3})), // last wins
-		state(field(fieldStateKey, []byte("\xff not UTF-8"))),
-		state(field(fieldStatePolicy, []byte("\xc3"))),
-		state([]byte{0x20, 0x80}),                               // truncated version
-		state([]byte{0x1d, 1, 2, 3, 4, 0x08, 0x01, 0x20, 0x05}), // wrong wire types
-		append(state(field(fieldStateKey, []byte("k"))), 0x7a, 0x01, 0x00, 0x23, 0x24, 0x10, 0x01),
-		append(field(fieldReplStates, []byte("x")), 0x0a), // truncated length
-		append(state(field(fieldStateKey, []byte("k1"))), state(field(fieldStateState, []byte{9}), field(fieldStatePolicy, []byte("p")))...),
+		embedded(fieldReplStates, bytesField(fieldStateKey, []byte("a")), bytesField(fieldStateKey, []byte("bb")), bytesField(fieldStateState, []byte{1}), bytesField(fieldStateState, []byte{2, 3})), // last wins
+		embedded(fieldReplStates, bytesField(fieldStateKey, []byte("\xff not UTF-8"))),
+		embedded(fieldReplStates, bytesField(fieldStatePolicy, []byte("\xc3"))),
+		embedded(fieldReplStates, []byte{0x20, 0x80}),                               // truncated version
+		embedded(fieldReplStates, []byte{0x1d, 1, 2, 3, 4, 0x08, 0x01, 0x20, 0x05}), // wrong wire types
+		append(embedded(fieldReplStates, bytesField(fieldStateKey, []byte("k"))), 0x7a, 0x01, 0x00, 0x23, 0x24, 0x10, 0x01),
+		append(bytesField(fieldReplStates, []byte("x")), 0x0a), // truncated length
+		append(embedded(fieldReplStates, bytesField(fieldStateKey, []byte("k1"))), embedded(fieldReplStates, bytesField(fieldStateState, []byte{9}), bytesField(fieldStatePolicy, []byte("p")))...),
 	}
 }
 
 // FuzzDecodeKeyStates: decodeKeyStates agrees with proto.Unmarshal
 // (unknown fields discarded) on every input.
 func FuzzDecodeKeyStates(f *testing.F) {
-	for _, s := range keyStateSeeds() {
+	var policy atomic.Pointer[string]
+	fuzzLikeUnmarshal(f, keyStateSeeds(), func() proto.Message { return &limiterv1.ReplicateRequest{} }, func(b []byte) (proto.Message, error) {
+		states, err := decodeKeyStates(b, &policy)
+		return &limiterv1.ReplicateRequest{States: states}, err
+	})
+}
+
+// fuzzLikeUnmarshal seeds f and checks a hand-written decoder against
+// proto.Unmarshal with unknown fields discarded, on every input: both
+// fail, or both succeed with equal messages. What decode returned must not
+// change when its input does afterwards: a connection's reader reuses its
+// buffer for the next frame.
+func fuzzLikeUnmarshal(f *testing.F, seeds [][]byte, newMsg func() proto.Message, decode func([]byte) (proto.Message, error)) {
+	for _, s := range seeds {
 		f.Add(s)
 	}
-	var policy atomic.Pointer[string]
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var want limiterv1.ReplicateRequest
-		werr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, &want)
+		want := newMsg()
+		werr := proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, want)
 		in := slices.Clone(b)
-		states, err := decodeKeyStates(b, &policy)
+		got, err := decode(b)
 		if (err != nil) != (werr != nil) {
-			t.Fatalf("decodeKeyStates(%x) error %v; proto.Unmarshal error %v", b, err, werr)
+			t.Fatalf("decoding %x: error %v; proto.Unmarshal error %v", in, err, werr)
 		}
 		if err != nil {
 			return
 		}
-		if got := (&limiterv1.ReplicateRequest{States: states}); !proto.Equal(got, &want) {
-			t.Fatalf("decodeKeyStates(%x) = %v; proto.Unmarshal %v", b, got, &want)
+		if !proto.Equal(got, want) {
+			t.Fatalf("decoding %x = %v; proto.Unmarshal %v", in, got, want)
 		}
-		clear(b) // the result must not alias its input (a reused read buffer)
-		if got := (&limiterv1.ReplicateRequest{States: states}); !proto.Equal(got, &want) {
-			t.Fatalf("decodeKeyStates(%x) changed with its input", in)
+		clear(b)
+		if !proto.Equal(got, want) {
+			t.Fatalf("decoding %x: the result changed with its input", in)
 		}
 	})
 }
