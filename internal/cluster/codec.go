@@ -363,11 +363,10 @@ const (
 // changed. protobuf-go's decoder costs four allocations per state (the
 // message, its policy, key and state); here a frame's states share six in
 // all, among them one string holding every key and one slice holding
-// every state. So a key of the result keeps the
-// string of all the frame's keys alive: a receiver that keeps a key must
-// keep a copy (the limiter does, for keys it has not seen). The policy is
-// shared through *policy as in decodeAllowAnswers. The result does not
-// alias b.
+// every state. A key of the result therefore keeps all the frame's keys
+// alive: a receiver that keeps a key must keep a copy (the limiter does,
+// for keys it has not seen). The policy is shared through *policy as in
+// decodeAllowAnswers. The result does not alias b.
 func decodeKeyStates(b []byte, policy *atomic.Pointer[string]) ([]*limiterv1.KeyState, error) {
 	n, size, err := countMessages(b, fieldReplStates) // size bounds the keys and states
 	if err != nil {
