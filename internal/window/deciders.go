@@ -96,6 +96,15 @@ func (s *Sliding) own() []uint32 {
 	return own
 }
 
+// ownView is own for reading only: with no peer rings it is s.counts
+// itself, not a copy.
+func (s *Sliding) ownView() []uint32 {
+	if s.ext == nil || len(s.ext.peers) == 0 {
+		return s.counts
+	}
+	return s.own()
+}
+
 func (s *Sliding) peerIndex(id uint64) int {
 	if s.ext == nil {
 		return -1
@@ -110,11 +119,7 @@ func (s *Sliding) peerIndex(id uint64) int {
 func (s *Sliding) mergeRing(ownID, id uint64, in []uint32, lo, hi int64) {
 	n := int64(len(s.counts))
 	if id == ownID && ownID != 0 {
-		if s.ext == nil || len(s.ext.peers) == 0 {
-			s.maxAt(in, lo, hi) // own counts are all counts
-			return
-		}
-		own := s.own()
+		own := s.ownView()
 		for i, k := mod(lo, n), lo; k <= hi; k++ {
 			if in[i] > own[i] {
 				s.addAt(i, int64(in[i]-own[i]))
@@ -236,30 +241,20 @@ func (s *Sliding) MergeFrom(r *Rate, o *Sliding, self uint64) {
 		s.Merge(r, o)
 		return
 	}
-	if s.ext != nil && s.ext.from == o.ext.from && len(s.ext.peers) == 0 && len(o.ext.peers) == 0 &&
-		s.step == r.step && o.step == r.step && len(s.counts) == r.buckets+1 && len(o.counts) == r.buckets+1 {
-		// The common case on a replica: another copy from the node whose
-		// copy s holds, neither with other deciders. Merging that node's
-		// own counts, below, is then the larger count per step.
-		s.advance(r, timeUnix(max(o.last, s.last)))
-		n := int64(len(s.counts))
-		head, oHead := floorDiv(s.last, r.step), floorDiv(o.last, r.step)
-		if lo, hi := max(head-n+1, oHead-n+1), min(head, oHead); lo <= hi {
-			s.maxAt(o.counts, lo, hi)
-		}
-		return
-	}
+	// oc is o on r's steps. o is only read, so it is copied only when it
+	// must be rebased: a replica merging its owner's copies allocates
+	// nothing.
 	oc := *o
-	oc.counts = slices.Clone(o.counts)
-	oc.ext = &deciders{from: o.ext.from, peers: o.ext.peers}
 	if oc.step != r.step || len(oc.counts) != r.buckets+1 {
+		oc.counts = slices.Clone(o.counts)
+		oc.ext = &deciders{from: o.ext.from, peers: o.ext.peers}
 		oc.rebase(r) // drops oc's peers: their hits count as the sender's
 	}
 	n := int64(len(oc.counts))
 	if s.counts == nil {
 		// A first copy (a replica's, usually) is kept as its sender's own:
 		// no ring of its own until this node counts in it (Adopt).
-		s.counts, s.step, s.last, s.total = oc.counts, oc.step, oc.last, oc.total
+		s.counts, s.step, s.last, s.total = slices.Clone(oc.counts), oc.step, oc.last, oc.total
 		s.ext = &deciders{from: oc.ext.from}
 		for _, p := range oc.ext.peers {
 			s.ext.peers = append(s.ext.peers, peerRing{id: p.id, counts: slices.Clone(p.counts)})
@@ -281,7 +276,7 @@ func (s *Sliding) MergeFrom(r *Rate, o *Sliding, self uint64) {
 	if lo > hi {
 		return
 	}
-	s.mergeRing(ownID, oc.ext.from, oc.own(), lo, hi)
+	s.mergeRing(ownID, oc.ext.from, oc.ownView(), lo, hi)
 	for _, p := range oc.ext.peers {
 		s.mergeRing(ownID, p.id, p.counts, lo, hi)
 	}
