@@ -3,10 +3,11 @@
 # runs of one change. Starts three limiterd nodes joined over gossip, sends
 # a ghz warm-up and then a measured ghz run to the first node (2/3 of the
 # calls are forwarded, as in bench/loadtest.sh), and prints, per node and
-# in total, server CPU µs per call and context switches per call (summed
-# over the node's threads, from /proc). On a small VM a context switch and
-# the work around it cost about as much as a call, so the second figure
-# often explains the first.
+# in total, server CPU µs per call, context switches per call (summed
+# over the node's threads, from /proc) and, per node, read and write system
+# calls per call (/proc/PID/io: sockets, and the store's pwrite). On a small
+# VM a context switch and the work around it cost about as much as a call,
+# so the second figure often explains the first.
 #
 #   bash bench/clustercpu.sh                      # the working tree
 #   bash bench/clustercpu.sh --bin /tmp/a/limiterd -- --replicas 1
@@ -108,6 +109,8 @@ sleep 3
 # involuntary context switches of its live threads.
 ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
+# syscalls PID: read and write system calls so far (/proc/PID/io).
+syscalls() { awk '/^syscr/ { r = $2 } /^syscw/ { w = $2 } END { print r + 0 "," w + 0 }' "/proc/$1/io"; }
 
 ghz_run() {
 	"$GHZ" --insecure --call limiter.v1.Limiter/Allow -d "{\"key\":\"key-{{randomInt 0 $KEYS}}\"}" \
@@ -120,8 +123,8 @@ batches() {
 	curl -s "$metrics" | awk '/^limiterd_forward_batch_size_sum/ { s += $2 } /^limiterd_forward_batch_size_count/ { c += $2 } END { print s + 0, c + 0 }'
 }
 read -r B0 N0 < <(batches)
-declare -a T0 S0 T1 S1
-for i in 0 1 2; do T0[i]=$(ticks "${PIDS[i]}"); S0[i]=$(switches "${PIDS[i]}"); done
+declare -a T0 S0 T1 S1 IO0 IO1
+for i in 0 1 2; do T0[i]=$(ticks "${PIDS[i]}"); S0[i]=$(switches "${PIDS[i]}"); IO0[i]=$(syscalls "${PIDS[i]}"); done
 if [[ -n $PERF ]]; then
 	perf record -F 999 -g -o "$PERF" -p "$(IFS=,; echo "${PIDS[*]}")" 2>/dev/null &
 	PERFPID=$!
@@ -134,19 +137,20 @@ if [[ -n $LB ]]; then
 else
 	ghz_run "$CALLS" "$TMP/run.json"
 fi
-for i in 0 1 2; do T1[i]=$(ticks "${PIDS[i]}"); S1[i]=$(switches "${PIDS[i]}"); done
+for i in 0 1 2; do T1[i]=$(ticks "${PIDS[i]}"); S1[i]=$(switches "${PIDS[i]}"); IO1[i]=$(syscalls "${PIDS[i]}"); done
 read -r B1 N1 < <(batches)
 if [[ -n $PERF ]]; then kill -INT "$PERFPID"; wait "$PERFPID" || true; fi
 
 hz=$(getconf CLK_TCK)
 rps=$(grep -o '"rps": *[0-9.]*' "$TMP/run.json" | head -1 | sed 's/.*: *//')
-printf '%-8s %14s %16s\n' node "CPU us/call" "switches/call"
+printf '%-8s %14s %16s %18s\n' node "CPU us/call" "switches/call" "reads,writes/call"
 tt=0 ts=0
 for i in 0 1 2; do
 	dt=$((T1[i] - T0[i])) ds=$((S1[i] - S0[i]))
 	tt=$((tt + dt)) ts=$((ts + ds))
-	awk -v n="node$((i + 1))" -v t="$dt" -v s="$ds" -v hz="$hz" -v c="$CALLS" \
-		'BEGIN { printf "%-8s %14.1f %16.2f\n", n, t / hz * 1e6 / c, s / c }'
+	awk -v n="node$((i + 1))" -v t="$dt" -v s="$ds" -v hz="$hz" -v c="$CALLS" -v a="${IO0[i]}" -v b="${IO1[i]}" \
+		'BEGIN { split(a, x, ","); split(b, y, ",")
+			printf "%-8s %14.1f %16.2f %11.2f,%.2f\n", n, t / hz * 1e6 / c, s / c, (y[1] - x[1]) / c, (y[2] - x[2]) / c }'
 done
 awk -v t="$tt" -v s="$ts" -v hz="$hz" -v c="$CALLS" -v r="$rps" \
 	'BEGIN { printf "%-8s %14.1f %16.2f   (%.0f req/s, %d calls at c='"$C"')\n", "total", t / hz * 1e6 / c, s / c, r, c }'
