@@ -102,17 +102,16 @@ func New(cfg Config) (*Service, error) {
 // rawio) sets it itself.
 const KeepaliveTimeout = 10 * time.Second
 
-// NewGRPCServer returns a grpc.Server with the Limiter service, health,
-// reflection, keepalive settings for long-lived gateway connections, a
-// bounded message size and the recovery interceptor.
-
 // streamWorkersPerCore sizes the gRPC server's stream worker pool. Two
 // cores with 64 workers against 512, same-time pairs of three-node
 // clusters (bench/clustercpu.sh): 4-11% less CPU a call under limiterbench
-// and ghz c=50, 0 and +4% at c=200; 32 and 128 did worse than 64 (README,
+// and ghz c=50, 0 and +4% at c=200; 16, 32 and 128 did worse than 64 (README,
 // Performance).
 const streamWorkersPerCore = 32
 
+// NewGRPCServer returns a grpc.Server with the Limiter service, health,
+// reflection, keepalive settings for long-lived gateway connections, a
+// bounded message size and the recovery interceptor.
 func (s *Service) NewGRPCServer() *grpc.Server {
 	ics := append([]grpc.UnaryServerInterceptor{s.recoverUnary, s.loadUnary}, s.cfg.UnaryInterceptors...)
 	opts := []grpc.ServerOption{
