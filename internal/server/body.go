@@ -89,7 +89,33 @@ func Headers(res *limiter.Result) map[string]string {
 	// Every value is a part of one string, built in one buffer: a call
 	// costs the map and that string, not a dozen small ones.
 	var stack [128]byte
-	b := strconv.AppendQuote(stack[:0], res.Policy.Name)
+	hv := appendHeaderText(stack[:0], res)
+	v := string(hv.text)
+	h := make(map[string]string, 6)
+	for i, k := range headerNames {
+		if sp := hv.span[i]; sp[1] > 0 {
+			h[k] = v[sp[0]:sp[1]]
+		}
+	}
+	return h
+}
+
+// headerNames are the header keys in sorted order, the order in which a
+// deterministic encoding writes the headers map.
+var headerNames = [...]string{"RateLimit", "RateLimit-Policy", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
+
+// headerText holds the values of the headers of a result, each a span of
+// text: span[i] is the value of headerNames[i], or [0, 0] for a header the
+// result has not (Retry-After when allowed).
+type headerText struct {
+	text []byte
+	span [len(headerNames)][2]int
+}
+
+// appendHeaderText appends the values of res's headers (see Headers) to b,
+// sharing their common parts.
+func appendHeaderText(b []byte, res *limiter.Result) headerText {
+	b = strconv.AppendQuote(b, res.Policy.Name)
 	nameEnd := len(b)
 	b = append(b, ";q="...)
 	limit0 := len(b)
@@ -112,22 +138,21 @@ func Headers(res *limiter.Result) map[string]string {
 	}
 	t1 := len(b)
 	reset0, reset1 := t0, t1
+	var retry [2]int
 	if !res.Allowed {
+		retry = [2]int{t0, t1}
 		reset0 = len(b)
 		b = strconv.AppendInt(b, ceilSeconds(res.ResetAfter), 10)
 		reset1 = len(b)
 	}
-	v := string(b)
-	h := make(map[string]string, 6)
-	if !res.Allowed {
-		h["Retry-After"] = v[t0:t1]
-	}
-	h["RateLimit-Policy"] = v[:policyEnd]
-	h["RateLimit"] = v[policyEnd:t1]
-	h["X-RateLimit-Limit"] = v[limit0:limit1]
-	h["X-RateLimit-Remaining"] = v[rem0:rem1]
-	h["X-RateLimit-Reset"] = v[reset0:reset1]
-	return h
+	return headerText{text: b, span: [len(headerNames)][2]int{
+		{policyEnd, t1},  // RateLimit
+		{0, policyEnd},   // RateLimit-Policy
+		retry,            // Retry-After
+		{limit0, limit1}, // X-RateLimit-Limit
+		{rem0, rem1},     // X-RateLimit-Remaining
+		{reset0, reset1}, // X-RateLimit-Reset
+	}}
 }
 
 // ceilSeconds rounds d up to whole seconds.

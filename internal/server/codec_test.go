@@ -24,20 +24,23 @@ func fixedClock() *Service {
 	return &Service{cfg: Config{Now: func() time.Time { return time.Date(2026, 12, 2, 3, 4, 5, 0, time.UTC) }}}
 }
 
+// randomInt64 is zero, negative, small or any, at random.
+func randomInt64(r *rand.Rand) int64 {
+	switch r.IntN(4) {
+	case 0:
+		return 0
+	case 1:
+		return -r.Int64N(1 << 40)
+	case 2:
+		return r.Int64N(200)
+	}
+	return r.Int64()
+}
+
 // randomResponse fills each field of an AllowResponse, or leaves it zero,
 // at random, with negative numbers and empty strings among the values.
 func randomResponse(r *rand.Rand) *limiterv1.AllowResponse {
-	i64 := func() int64 {
-		switch r.IntN(4) {
-		case 0:
-			return 0
-		case 1:
-			return -r.Int64N(1 << 40)
-		case 2:
-			return r.Int64N(200)
-		}
-		return r.Int64()
-	}
+	i64 := func() int64 { return randomInt64(r) }
 	str := func() string {
 		if r.IntN(3) == 0 {
 			return ""
@@ -112,6 +115,51 @@ func TestCodecMatchesProto(t *testing.T) {
 	}
 }
 
+// TestAllowReplyMatchesResponse checks that an allowed decision the codec
+// encodes itself (allowReply, what the gRPC Allow handler answers) is the
+// AllowResponse Service.Response builds for it, as protobuf-go's
+// deterministic marshaling writes it: for random results with odd policy
+// names, negative and huge numbers, leases, shadow codes and degraded
+// decisions.
+func TestAllowReplyMatchesResponse(t *testing.T) {
+	c := newCodec()
+	r := rand.New(rand.NewPCG(5, 6))
+	// Policy names are valid UTF-8 (policy.Validate); protobuf-go refuses
+	// to encode a string field that is not.
+	names := []string{"default", "", `q"uote`, "ünï\u2028code", strings.Repeat("long-", 40)}
+	i64 := func() int64 { return randomInt64(r) }
+	durs := []time.Duration{0, -time.Second, -1, time.Nanosecond, 999 * time.Millisecond, time.Second, 5 * time.Minute, 1<<63 - 1, -1 << 63}
+	for i := range 3000 {
+		res := limiter.Result{
+			Allowed:       true,
+			Code:          int32(r.IntN(2)) * 122,
+			ShadowCode:    int32(r.IntN(2)) * 123,
+			Policy:        policy.Policy{Name: names[r.IntN(len(names))], Limit: i64(), Window: durs[r.IntN(len(durs))]},
+			Limit:         i64(),
+			Remaining:     i64(),
+			RetryAfter:    durs[r.IntN(len(durs))],
+			ResetAfter:    durs[r.IntN(len(durs))],
+			MaxConcurrent: i64(),
+			InFlight:      i64(),
+			Degraded:      r.IntN(2) == 0,
+		}
+		if r.IntN(2) == 0 {
+			res.LeaseID = fmt.Sprintf("lease-%d", r.Int64())
+		}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(fixedClock().Response(&res, "/p", "rid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := c.Marshal(&allowReply{res: res})
+		if err != nil {
+			t.Fatalf("result %d: Marshal() = %v", i, err)
+		}
+		if got := data.Materialize(); !bytes.Equal(got, want) {
+			t.Fatalf("result %d (%+v):\n got %x\nwant %x", i, res, got, want)
+		}
+	}
+}
+
 // TestCodecDelegates checks that other messages, and an AllowResponse with
 // unknown fields, go through the proto codec.
 func TestCodecDelegates(t *testing.T) {
@@ -157,6 +205,33 @@ func BenchmarkMarshalAllowResponse(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				data, err := bc.c.Marshal(m)
+				if err != nil {
+					b.Fatal(err)
+				}
+				data.Free()
+			}
+		})
+	}
+}
+
+// BenchmarkAllowAnswer compares what the gRPC server encodes per allowed
+// call: the AllowResponse Service.Response builds, or the decision itself
+// (allowReply).
+func BenchmarkAllowAnswer(b *testing.B) {
+	p := policy.Policy{Name: "default", Limit: 600, Window: 5 * time.Minute}
+	res := limiter.Result{Allowed: true, Policy: p, Limit: 600, Remaining: 599, ResetAfter: 300 * time.Second}
+	s, c := fixedClock(), newCodec()
+	for _, bc := range []struct {
+		name   string
+		answer func() any
+	}{
+		{"response", func() any { return s.Response(&res, "", "") }},
+		{"reply", func() any { return &allowReply{res: res} }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				data, err := c.Marshal(bc.answer())
 				if err != nil {
 					b.Fatal(err)
 				}
