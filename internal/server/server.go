@@ -114,7 +114,7 @@ const streamWorkersPerCore = 32
 // reflection, keepalive settings for long-lived gateway connections, a
 // bounded message size and the recovery interceptor.
 func (s *Service) NewGRPCServer() *grpc.Server {
-	ics := append([]grpc.UnaryServerInterceptor{s.recoverUnary, s.loadUnary}, s.cfg.UnaryInterceptors...)
+	ics := append([]grpc.UnaryServerInterceptor{s.unary}, s.cfg.UnaryInterceptors...)
 	opts := []grpc.ServerOption{
 		// The transport takes peer batches up to MaxPeerMsgSize; loadUnary
 		// holds client requests to MaxRecvMsgSize.
@@ -343,20 +343,24 @@ func (s *Service) loadUnary(ctx context.Context, req any, info *grpc.UnaryServer
 	return resp, err
 }
 
-// recoverUnary turns a panic into INTERNAL and logs it with its stack; the
-// caller never sees the stack.
-func (s *Service) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			rid := ""
-			if g, ok := req.(interface{ GetRequestId() string }); ok {
-				rid = g.GetRequestId()
-			}
-			s.cfg.Logger.Error("panic in handler", "method", info.FullMethod, "request_id", rid, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			err = status.Error(codes.Internal, "internal error")
+// unary is the service's interceptor: it turns a panic into INTERNAL and
+// logs it with its stack (the caller never sees the stack) around
+// loadUnary. One interceptor, as gRPC chains two with a closure per call.
+func (s *Service) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer s.recovered(req, info, &err)
+	return s.loadUnary(ctx, req, info, handler)
+}
+
+// recovered, deferred, turns a panic into an INTERNAL *err and logs it.
+func (s *Service) recovered(req any, info *grpc.UnaryServerInfo, err *error) {
+	if r := recover(); r != nil {
+		rid := ""
+		if g, ok := req.(interface{ GetRequestId() string }); ok {
+			rid = g.GetRequestId()
 		}
-	}()
-	return handler(ctx, req)
+		s.cfg.Logger.Error("panic in handler", "method", info.FullMethod, "request_id", rid, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		*err = status.Error(codes.Internal, "internal error")
+	}
 }
 
 // Draining reports whether Drain was called.

@@ -201,7 +201,7 @@ func TestPanicIsInternal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = svc.recoverUnary(context.Background(), &limiterv1.AllowRequest{}, &grpc.UnaryServerInfo{FullMethod: "/x"},
+	_, err = svc.unary(context.Background(), &limiterv1.AllowRequest{}, &grpc.UnaryServerInfo{FullMethod: "/x"},
 		func(ctx context.Context, req any) (any, error) { return svc.Allow(ctx, req.(*limiterv1.AllowRequest)) })
 	if status.Code(err) != codes.Internal || strings.Contains(err.Error(), "goroutine") {
 		t.Errorf("error = %v, want a bare INTERNAL", err)
