@@ -49,8 +49,8 @@ type forwardLabels struct {
 // children caches a vector's children by their label values, so that
 // recording costs one map look-up rather than hashing the labels and
 // taking the vector's lock (WithLabelValues), about 1% of a forwarding
-// node's CPU under closed-loop load. The label sets are few (policies and codes,
-// methods), so the map is copied when one is added.
+// node's CPU under closed-loop load. The label sets are few (policies and
+// codes, methods), so the map is copied when one is added.
 type children[K comparable, V any] struct {
 	mu sync.Mutex
 	m  atomic.Pointer[map[K]V]
