@@ -110,9 +110,8 @@ type Cluster struct {
 	sendMu  sync.Mutex
 	sending map[string]bool // members a replica batch is being written to
 
-	roundMu   sync.Mutex                 // held by the replication round under way
-	lastRound atomic.Int64               // Unix ns (cfg.Now) when the last round began
-	fallback  atomic.Pointer[time.Timer] // replicateLoop's timer, for lulls
+	roundMu   sync.Mutex   // held by the replication round under way
+	lastRound atomic.Int64 // Unix ns (cfg.Now) when the last round began
 }
 
 // NewCluster prepares the cluster side of svc. Pass its OnChange and
@@ -662,16 +661,21 @@ func (c *Cluster) members() []*limiterv1.Member {
 }
 
 // replicateLoop runs the replication rounds that decisions do not
-// (replicateIfDue): its timer fires an interval after a round was due and
-// none ran, in a lull after the last changes. After a round with nothing
-// to send it sleeps until a key changes: every wake-up of an idle process
+// (replicateIfDue): its timer fires lullRounds intervals after the last
+// round, in a lull after the last changes. After a round with nothing to
+// send it sleeps until a key changes: every wake-up of an idle process
 // costs CPU (about 70 us on a small VM), and 100 of them a second made up
 // most of an idle node's CPU.
+//
+// Decisions do not push the timer back: resetting a Go timer to fire
+// sooner than the runtime's poller was going to wake up wakes a thread to
+// watch it (runtime.wakeNetPoller), which on an owner that sleeps between
+// batches was a wake-up per round. The timer resets itself when it fires
+// after a round that a decision ran.
 func (c *Cluster) replicateLoop() {
 	defer c.done.Done()
 	iv := c.cfg.ReplicationInterval
 	t := time.NewTimer(iv)
-	c.fallback.Store(t)
 	defer t.Stop()
 	for {
 		select {
@@ -681,11 +685,12 @@ func (c *Cluster) replicateLoop() {
 		case <-t.C:
 		}
 		if wait := time.Duration(c.lastRound.Load() + int64(iv) - c.cfg.Now().UnixNano()); wait > 0 {
-			t.Reset(wait + iv) // a decision ran a round since; run the one after if none does
+			// A decision ran a round since; run the one after if none does.
+			t.Reset(wait + (lullRounds-1)*iv)
 			continue
 		}
 		if c.round() {
-			t.Reset(2 * iv)
+			t.Reset(lullRounds * iv)
 			continue
 		}
 		// Nothing changed in a whole round: sleep until something does.
@@ -696,26 +701,29 @@ func (c *Cluster) replicateLoop() {
 		case <-c.lim.Changes():
 		}
 		c.round()
-		t.Reset(2 * iv)
+		t.Reset(lullRounds * iv)
 	}
 }
+
+// lullRounds is how many replication intervals replicateLoop lets pass
+// after the last round before it runs one. Decisions run a round whenever
+// one is due, so the hits not yet sent are still those of at most one
+// interval (made before the next was due); in a lull they wait this long
+// to go out.
+const lullRounds = 4
 
 // replicateIfDue runs a replication round on the calling goroutine, right
 // after a decision, once an interval has passed since the last round
 // began. On a node that decides calls, rounds thus ride on wake-ups it has
-// anyway, instead of a ticker's (replicateLoop's timer is pushed back each
-// time and fires only in a lull). Every decision made an interval or more
+// anyway, instead of a ticker's (replicateLoop's timer, which fires
+// lullRounds intervals after the last round). Every decision made an interval or more
 // after the last round starts one, so the hits not yet sent are never more
 // than those of one interval, as with a ticker.
 func (c *Cluster) replicateIfDue() {
 	if c.cfg.Now().UnixNano()-c.lastRound.Load() < int64(c.cfg.ReplicationInterval) {
 		return
 	}
-	if c.round() {
-		if t := c.fallback.Load(); t != nil {
-			t.Reset(2 * c.cfg.ReplicationInterval)
-		}
-	}
+	c.round()
 }
 
 // round runs one replication round (replicateOnce) unless one is under way

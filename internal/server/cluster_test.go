@@ -339,8 +339,8 @@ func TestReplicationRidesOnDecisions(t *testing.T) {
 }
 
 // TestReplicationInLull: a key changed within an interval of the last
-// round, with no decision after it, is sent by replicateLoop's timer once
-// the interval has passed.
+// round, with no decision after it, is sent by replicateLoop's timer,
+// lullRounds intervals after the last round.
 func TestReplicationInLull(t *testing.T) {
 	clk := &roundClock{now: t0}
 	c, f, _ := startFakeCluster(t, policy.Policy{Name: "default", Limit: 100, Window: time.Minute}, func(cfg *ClusterConfig) {
