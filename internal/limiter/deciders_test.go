@@ -3,6 +3,8 @@ package limiter
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -181,6 +183,66 @@ func TestRequeue(t *testing.T) {
 	now, _ := l.State("default", "a")
 	if !bytes.Equal(got[0].State, now) || bytes.Equal(got[0].State, lost[0].State) {
 		t.Errorf("requeued state = %x, want the current %x, not the lost %x", got[0].State, now, lost[0].State)
+	}
+}
+
+// TestTakeChangedConcurrent: rounds taken while other goroutines decide
+// miss no change: every key decided is in some round, and once they are
+// done a last round holds every key decided after its previous one. A
+// dropped policy's keys are not sent.
+func TestTakeChangedConcurrent(t *testing.T) {
+	clk := newClock()
+	l := clusterNode(t, clk, nil)
+	if _, err := l.CreatePolicy(context.Background(), policy.Policy{Name: "gone", Limit: 100, Window: time.Minute}); err != nil {
+		t.Fatalf("CreatePolicy() error = %v", err)
+	}
+	allow(t, l, Request{Key: "g", Policy: "gone"})
+	if _, err := l.DeletePolicy(context.Background(), "gone"); err != nil {
+		t.Fatalf("DeletePolicy() error = %v", err)
+	}
+	const workers, perWorker = 4, 2000
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWorker {
+				if _, err := l.Allow(context.Background(), Request{Key: fmt.Sprintf("w%d-%d", w, i%500)}); err != nil {
+					t.Errorf("Allow() error = %v", err)
+					return
+				}
+			}
+		}()
+	}
+	seen := map[string]bool{}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for finished := false; !finished; {
+		select {
+		case <-done:
+			finished = true
+		default:
+		}
+		for _, ks := range l.TakeChanged(true) {
+			if ks.Policy != "default" {
+				t.Fatalf("TakeChanged() sent %s/%s, a dropped policy's key", ks.Policy, ks.Key)
+			}
+			seen[ks.Key] = true
+		}
+	}
+	if got := l.TakeChanged(true); len(got) != 0 {
+		t.Errorf("a round after the last one = %d keys, want none", len(got))
+	}
+	for w := range workers {
+		for i := range 500 {
+			if k := fmt.Sprintf("w%d-%d", w, i); !seen[k] {
+				t.Fatalf("key %s was decided but no round sent it", k)
+			}
+		}
+	}
+	allow(t, l, Request{Key: "w0-0"})
+	if got := l.TakeChanged(true); len(got) != 1 || got[0].Key != "w0-0" {
+		t.Errorf("TakeChanged() after one more decision = %v, want w0-0 only", got)
 	}
 }
 

@@ -171,12 +171,18 @@ type Limiter struct {
 	flushBuf []byte
 
 	changes chan struct{} // a token when a key is queued for replicas; see Changes
-	dirty   chan struct{} // a token when something is queued for the store; wakes an idle Run
-	onIdle  func()        // tests: Run stopped its flush ticker
-	stop    chan struct{}
-	done    chan struct{}
-	running atomic.Bool
-	closed  atomic.Bool
+	// replMu guards replShards, the shards whose replDirty is not empty,
+	// so that a replication round visits those rather than every shard:
+	// the shards' locks and lists are cold in the cache by then.
+	replMu     sync.Mutex
+	replShards []*shard
+	replSpare  []*shard      // the last round's list, reused
+	dirty      chan struct{} // a token when something is queued for the store; wakes an idle Run
+	onIdle     func()        // tests: Run stopped its flush ticker
+	stop       chan struct{}
+	done       chan struct{}
+	running    atomic.Bool
+	closed     atomic.Bool
 
 	paged  atomic.Bool // some key was paged out: misses look in the store
 	sweeps int         // Sweep runs, to scan the store every few; under flushMu
@@ -196,6 +202,7 @@ type compiled struct {
 }
 
 type shard struct {
+	t         *table
 	mu        sync.Mutex
 	m         map[string]*entry
 	dirty     []*entry // changed since the last flush
@@ -298,6 +305,7 @@ func (l *Limiter) newTable(p policy.Policy) (*table, error) {
 	}
 	t := &table{name: p.Name, shards: make([]shard, l.cfg.Shards), mask: uint64(l.cfg.Shards - 1)}
 	for i := range t.shards {
+		t.shards[i].t = t
 		t.shards[i].m = map[string]*entry{}
 	}
 	t.cfg.Store(&compiled{p: p, rate: r})
@@ -493,10 +501,16 @@ func (l *Limiter) wake(ch chan struct{}) {
 	}
 }
 
-// markChanged queues e for the store and, when replicating, for replicas.
+// markChanged queues e, when replicating, for replicas; sh.mu must be
+// held.
 func (l *Limiter) markChanged(sh *shard, e *entry) {
 	if l.cfg.Replicate && !e.replDirty {
 		e.replDirty = true
+		if len(sh.replDirty) == 0 {
+			l.replMu.Lock()
+			l.replShards = append(l.replShards, sh)
+			l.replMu.Unlock()
+		}
 		sh.replDirty = append(sh.replDirty, e)
 		l.wake(l.changes)
 	}

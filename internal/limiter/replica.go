@@ -24,29 +24,40 @@ func (l *Limiter) Changes() <-chan struct{} { return l.changes }
 // call, with their state now, for replication (Config.Replicate). With
 // encode false it only clears the queue (no peer to send to).
 func (l *Limiter) TakeChanged(encode bool) []KeyState {
+	l.replMu.Lock()
+	shards := l.replShards
+	l.replShards = l.replSpare[:0]
+	l.replSpare = nil
+	l.replMu.Unlock()
+	tables := *l.tables.Load()
 	var out []KeyState
 	var buf []byte // the states of a round share one buffer
-	for _, t := range *l.tables.Load() {
-		for i := range t.shards {
-			sh := &t.shards[i]
-			sh.mu.Lock()
-			for j, e := range sh.replDirty {
-				e.replDirty = false
-				sh.replDirty[j] = nil
-				if e.gone || !encode {
-					continue
-				}
-				if cap(buf)-len(buf) < maxStateGuess {
-					buf = make([]byte, 0, max(4096, 2*cap(buf)))
-				}
-				start := len(buf)
-				buf, _ = e.st.AppendBinaryFrom(buf, l.cfg.NodeID)
-				out = append(out, KeyState{Policy: t.name, Key: e.key, State: buf[start:len(buf):len(buf)]})
+	for i, sh := range shards {
+		shards[i] = nil
+		t := sh.t
+		current := tables[t.name] == t // not a dropped policy's
+		sh.mu.Lock()
+		for j, e := range sh.replDirty {
+			e.replDirty = false
+			sh.replDirty[j] = nil
+			if e.gone || !encode || !current {
+				continue
 			}
-			sh.replDirty = sh.replDirty[:0]
-			sh.mu.Unlock()
+			if cap(buf)-len(buf) < maxStateGuess {
+				buf = make([]byte, 0, max(4096, 2*cap(buf)))
+			}
+			start := len(buf)
+			buf, _ = e.st.AppendBinaryFrom(buf, l.cfg.NodeID)
+			out = append(out, KeyState{Policy: t.name, Key: e.key, State: buf[start:len(buf):len(buf)]})
 		}
+		sh.replDirty = sh.replDirty[:0]
+		sh.mu.Unlock()
 	}
+	l.replMu.Lock()
+	if l.replSpare == nil {
+		l.replSpare = shards[:0]
+	}
+	l.replMu.Unlock()
 	return out
 }
 
