@@ -524,8 +524,17 @@ func inBackground[Q, R any](send func([]*call[Q, R])) func([]*call[Q, R], func()
 }
 
 // submit queues req on b and waits for its answer or for ctx, or, when
-// wait is positive, at most wait: the call then fails with
+// wait is positive, at most about wait: the call then fails with
 // ErrOwnerUnavailable and carries wait's deadline to the owner.
+//
+// The bound needs no timer per call: the call's deadline goes with it, the
+// batch it goes in gives up at the latest deadline of its calls (a timer
+// per batch, or the RPC's deadline), and one still queued when its
+// deadline passes is answered as the batch is formed (prepareBatch). A
+// call thus gives up at most the spread of its batch's arrivals late. A
+// timer per call cost a forwarding node a timer reset and a three-way
+// select per call, and a reset may wake an idle thread to watch the timer
+// (runtime.wakeNetPoller).
 func submit[Q, R any](ctx context.Context, b *batcher[Q, R], req Q, dflt time.Duration, peer string, wait time.Duration) (R, error) {
 	var zero R
 	if err := ctx.Err(); err != nil {
@@ -536,39 +545,23 @@ func submit[Q, R any](ctx context.Context, b *batcher[Q, R], req Q, dflt time.Du
 	if !ok {
 		deadline = now.Add(dflt)
 	}
-	var giveUp <-chan time.Time
-	if wait > 0 && now.Add(wait).Before(deadline) {
+	bounded := wait > 0 && now.Add(wait).Before(deadline)
+	if bounded {
 		deadline = now.Add(wait)
-		t := timerPool.Get().(*time.Timer)
-		t.Reset(wait)
-		defer func() {
-			t.Stop() // since Go 1.23 a stopped timer's channel holds nothing
-			timerPool.Put(t)
-		}()
-		giveUp = t.C
 	}
 	c := &call[Q, R]{req: req, deadline: deadline, done: make(chan outcome[R], 1)}
 	b.add(c)
 	select {
 	case o := <-c.done:
-		if o.err != nil && giveUp != nil && errors.Is(o.err, ErrDeadline) && ctx.Err() == nil {
-			// The owner or the batch timer ran out the shorter budget.
+		if o.err != nil && bounded && errors.Is(o.err, ErrDeadline) && ctx.Err() == nil {
+			// The owner, the batch or the queue ran out the shorter budget.
 			return zero, fmt.Errorf("%w: %s did not answer within %v", ErrOwnerUnavailable, peer, wait)
 		}
 		return o.resp, o.err
-	case <-giveUp:
-		return zero, fmt.Errorf("%w: %s did not answer within %v", ErrOwnerUnavailable, peer, wait)
 	case <-ctx.Done():
 		return zero, ctxError("forward to "+peer, ctx.Err())
 	}
 }
-
-// timerPool holds stopped timers for submit.
-var timerPool = sync.Pool{New: func() any {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return t
-}}
 
 // sendBatch is the shared body of sendAllow and sendRelease: it drops
 // expired calls, sends the rest with their remaining budgets in one RPC
