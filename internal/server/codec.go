@@ -127,9 +127,7 @@ func appendMapEntry[V string | []byte](b []byte, k string, v V) []byte {
 	b = protowire.AppendTag(b, fHeaders, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(mapEntrySize(k, len(v))))
 	b = appendMapField(b, 1, k)
-	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(len(v)))
-	return append(b, v...)
+	return appendMapField(b, 2, v)
 }
 
 // allowReply is what the Allow handler answers for an allowed call (see
@@ -193,9 +191,10 @@ func mapEntrySize(k string, v int) int {
 	return protowire.SizeTag(1) + protowire.SizeBytes(len(k)) + protowire.SizeTag(2) + protowire.SizeBytes(v)
 }
 
-func appendMapField(b []byte, num protowire.Number, s string) []byte {
+func appendMapField[V string | []byte](b []byte, num protowire.Number, v V) []byte {
 	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	b = protowire.AppendVarint(b, uint64(len(v)))
+	return append(b, v...)
 }
 
 func appendBool(b []byte, num protowire.Number, v bool) []byte {
